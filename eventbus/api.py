@@ -1,0 +1,318 @@
+"""The HTTP API: Klein routes that parse, call the store or notifier, render.
+
+No SQL here, and no error body built by hand: handlers raise the typed
+errors of :mod:`eventbus.errors`, and :meth:`EventBusAPI.api_error` renders
+them all.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from decimal import Decimal
+from typing import Any, Optional
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+import orjson
+from klein import Klein
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from zope.interface import implementer
+
+from eventbus.errors import ApiError, BadRequest, MethodNotAllowed, NotFound
+from eventbus.model import (
+    MAX_ID,
+    Event,
+    check_issuer,
+    check_name,
+    error_body,
+    parse_payload,
+    render_event,
+)
+from eventbus.notifier import Notifier
+from eventbus.store import PAGE_SIZE, Store
+
+log = Logger()
+
+DEFAULT_PEEK_TIMEOUT_S = 25.0
+MAX_PEEK_TIMEOUT_S = 300.0
+#: Latest instant a ``start`` may name: the end of year 9999.
+MAX_START_S = 253402300799
+JSON = b"application/json"
+
+_UINT = re.compile(r"[0-9]{1,19}\Z")
+_UDECIMAL = re.compile(r"[0-9]{1,19}(\.[0-9]{1,9})?\Z")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class EventBusAPI:
+    """The REST API over one store and one notifier."""
+
+    app = Klein()
+
+    def __init__(self, store: Store, notifier: Notifier, reactor: IReactorTime) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.reactor = reactor
+
+    def resource(self) -> Resource:
+        return _Utf8PathGuard(self.app.resource())
+
+    # -- routes -------------------------------------------------------------
+    @app.route("/health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        await self.store.ping()
+        return _json(request, {"status": "ok"})
+
+    @app.route("/events/<context>/<channel>", methods=["POST"])
+    async def publish(self, request: IRequest, context: str, channel: str) -> bytes:
+        check_name("context", context)
+        check_name("channel", channel)
+        issuer = check_issuer(_issuer_header(request))
+        text, value = parse_payload(request.content.read())
+        if not isinstance(value, dict):
+            raise BadRequest("the payload must be a JSON object")
+        first_id, ts = await self.store.append(context, channel, issuer, f"[{text}]")
+        self.notifier.notify(context, channel, first_id)
+        request.setResponseCode(201)
+        request.setHeader(b"Location", f"/events/{context}/{channel}/{first_id}".encode())
+        request.setHeader(b"Content-Type", JSON)
+        return render_event(context, channel, Event(first_id, ts, issuer, text))
+
+    @app.route("/events/<context>/<channel>", methods=["GET"])
+    async def read(self, request: IRequest, context: str, channel: str) -> Optional[bytes]:
+        check_name("context", context)
+        check_name("channel", channel)
+        params = _query(request)
+        if "peek" in params:
+            if "start" in params:
+                raise BadRequest("start and peek cannot be combined")
+            cursor = _int_param("peek", params["peek"], 0, MAX_ID)
+            timeout = _timeout_param(params.get("timeout"))
+            return await self._peek(request, context, channel, cursor, timeout)
+        limit = None
+        if "limit" in params:
+            limit = _int_param("limit", params["limit"], 1, 2**63 - 1)
+        start = _start_param(params["start"]) if "start" in params else None
+        await self._stream(request, context, channel, start, limit)
+        return None
+
+    @app.route("/events/<context>/<channel>/<event_id>", methods=["GET"])
+    async def one(self, request: IRequest, context: str, channel: str,
+                  event_id: str) -> bytes:
+        check_name("context", context)
+        check_name("channel", channel)
+        if not _UINT.match(event_id) or not 1 <= int(event_id) <= MAX_ID + 1:
+            raise NotFound(f"no event {event_id[:40]!r} in {context}/{channel}")
+        event = await self.store.event(context, channel, int(event_id))
+        if event is None:
+            raise NotFound(f"no event {event_id} in {context}/{channel}")
+        request.setHeader(b"Content-Type", JSON)
+        return render_event(context, channel, event)
+
+    # -- reading ------------------------------------------------------------
+    async def _peek(self, request: IRequest, context: str, channel: str,
+                    cursor: int, timeout: float) -> bytes:
+        if timeout == 0:
+            event = await self.store.first_after(context, channel, cursor)
+        else:
+            event = await self.notifier.wait(context, channel, cursor, timeout)
+        if event is None:
+            request.setResponseCode(204)
+            return b""
+        request.setHeader(b"Content-Type", JSON)
+        return render_event(context, channel, event)
+
+    async def _stream(self, request: IRequest, context: str, channel: str,
+                      start: Optional[dt.datetime], limit: Optional[int]) -> None:
+        """Write the channel as a JSON array, page by page, paced by the client.
+
+        The array ends at the channel's head as of the request, so it is a
+        consistent prefix of the log even while publishers keep writing.
+        """
+        head = await self.store.head(context, channel)
+        after = 0
+        if start is not None and head:
+            first = await self.store.first_id_at(context, channel, start)
+            after = head if first is None else first - 1
+        remaining = limit if limit is not None else head
+        request.setHeader(b"Content-Type", JSON)
+        pacer = _Pacer()
+        request.registerProducer(pacer, True)
+        try:
+            request.write(b"[")
+            separator = b""
+            while after < head and remaining > 0:
+                await pacer.ready()
+                page = await self.store.page(context, channel, after, head,
+                                             min(PAGE_SIZE, remaining))
+                if not page:
+                    break
+                request.write(separator + b",".join(
+                    render_event(context, channel, e) for e in page))
+                separator = b","
+                after = page[-1].id
+                remaining -= len(page)
+            request.write(b"]")
+        except ApiError:
+            # The 200 and part of the array are out: the only honest signal
+            # left is to cut the connection so the client sees a truncation.
+            log.warn("aborting a history stream of {context}/{channel}",
+                     context=context, channel=channel)
+            request.unregisterProducer()
+            request.channel.transport.abortConnection()
+            await request.notifyFinish()
+        finally:
+            if request.producer is not None:
+                request.unregisterProducer()
+
+    # -- errors -------------------------------------------------------------
+    @app.handle_errors(ApiError)
+    def api_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        if isinstance(error, MethodNotAllowed):
+            request.setHeader(b"Allow", ", ".join(error.allowed).encode())
+        return _error(request, error.status, error.message)
+
+    @app.handle_errors(HTTPException)
+    def routing_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        if isinstance(error, WerkzeugMethodNotAllowed):
+            allowed = sorted(error.valid_methods or [])
+            request.setHeader(b"Allow", ", ".join(allowed).encode())
+            method = request.method.decode("latin-1")
+            return _error(request, 405, f"method {method} not allowed here; allowed: {', '.join(allowed)}")
+        if isinstance(error, WerkzeugNotFound):
+            return _error(request, 404, f"no such resource: {request.path.decode('latin-1')[:200]}")
+        return _error(request, error.code or 400, error.description or error.name)
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("unhandled error serving {uri}", failure, uri=request.uri)
+        return _error(request, 500, "internal error")
+
+
+# -- helpers -------------------------------------------------------------------
+def _json(request: IRequest, value: Any) -> bytes:
+    request.setHeader(b"Content-Type", JSON)
+    return orjson.dumps(value)
+
+
+def _error(request: IRequest, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON)
+    return error_body(message)
+
+
+def _issuer_header(request: IRequest) -> Optional[bytes]:
+    for name in (b"X-EVENT-ISSUER", b"X-JISS-ISSUER"):
+        values = request.requestHeaders.getRawHeaders(name)
+        if values:
+            return values[0]
+    return None
+
+
+def _query(request: IRequest) -> dict[str, str]:
+    """Query parameters of the request; each may appear once."""
+    _, _, raw = request.uri.partition(b"?")
+    try:
+        pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True,
+                          encoding="utf-8", errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("query string is not valid UTF-8") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise BadRequest(f"query parameter {name!r} given more than once")
+        params[name] = value
+    return params
+
+
+def _int_param(name: str, value: str, low: int, high: int) -> int:
+    if not _UINT.match(value) or not low <= int(value) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}, got {value[:40]!r}")
+    return int(value)
+
+
+def _timeout_param(value: Optional[str]) -> float:
+    if value is None:
+        return DEFAULT_PEEK_TIMEOUT_S
+    if not _UDECIMAL.match(value) or float(value) > MAX_PEEK_TIMEOUT_S:
+        raise BadRequest(
+            f"timeout must be a number of seconds from 0 to {MAX_PEEK_TIMEOUT_S:g},"
+            f" got {value[:40]!r}"
+        )
+    return float(value)
+
+
+def _start_param(value: str) -> dt.datetime:
+    """Unix seconds (integer or fractional) or an ISO-8601 instant, as UTC."""
+    if _UDECIMAL.match(value):
+        micros = math.ceil(Decimal(value) * 1_000_000)
+        if micros > MAX_START_S * 1_000_000:
+            raise BadRequest(f"start is out of range: {value[:40]!r}")
+        return _EPOCH + dt.timedelta(microseconds=micros)
+    try:
+        instant = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(
+            "start must be unix seconds or an ISO-8601 instant, got " f"{value[:40]!r}"
+        ) from None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=dt.timezone.utc)
+    try:
+        instant = instant.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise BadRequest(f"start is out of range: {value[:40]!r}") from None
+    if instant < _EPOCH:
+        raise BadRequest(f"start is before 1970: {value[:40]!r}")
+    return instant
+
+
+@implementer(IPushProducer)
+class _Pacer:
+    """Producer registered on a streaming response: the transport pauses us
+    when its buffer is full, and we fetch the next page only once it drains."""
+
+    def __init__(self) -> None:
+        self._paused: Optional[defer.Deferred] = None
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    async def ready(self) -> None:
+        if self._paused is not None:
+            await self._paused
+
+
+class _Utf8PathGuard(Resource):
+    """Answers a non-UTF-8 path with a JSON 400 (Klein's answer is plain text)."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return _error(request, 400, "request path is not valid UTF-8")
+        return self.inner.render(request)

@@ -1,0 +1,211 @@
+"""Long-poll waiters and the LISTEN connection that wakes them.
+
+Shape borrowed from Synapse's notifier: waiters are kept per channel, so a
+publish costs one dict lookup for the channels nobody waits on; a wake reads
+the new events of a channel *once* and answers every waiter of that channel
+from that one result.
+
+No lost wake-ups: a waiter is registered *before* its first read of the
+store.  Whatever commits after that read sends a notification that finds the
+waiter; whatever committed before it is seen by the read.  Notifications
+sent while the LISTEN connection was down are lost, so on reconnect every
+channel that has waiters is read again.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from eventbus.errors import Unavailable
+from eventbus.model import MAX_ID, Event
+from eventbus.store import NOTIFY_CHANNEL, Store, connect_kwargs, make_connection
+
+log = Logger()
+
+#: Retry delay for a wake-up read that failed because the database was away.
+WAKE_RETRY_S = 1.0
+#: How often the LISTEN connection is probed, so a silently dead one is noticed.
+LISTEN_KEEPALIVE_S = 10.0
+
+ChannelKey = tuple[str, str]
+
+
+class _Waiter:
+    __slots__ = ("cursor", "deferred", "timer")
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor
+        self.deferred: defer.Deferred = defer.Deferred()
+        self.timer: Optional[IDelayedCall] = None
+
+
+class _Channel:
+    """The waiters of one channel and the state of its wake-up read."""
+
+    __slots__ = ("waiters", "reading", "pending")
+
+    def __init__(self) -> None:
+        self.waiters: set[_Waiter] = set()
+        self.reading = False
+        #: Highest id announced since the last read started (0: none).
+        self.pending = 0
+
+
+class Notifier:
+    """Holds peek requests open until their event exists or they time out."""
+
+    def __init__(self, reactor: IReactorTime, store: Store) -> None:
+        self.reactor = reactor
+        self.store = store
+        self._channels: dict[ChannelKey, _Channel] = {}
+
+    # -- waiting ------------------------------------------------------------
+    async def wait(self, context: str, channel: str, cursor: int,
+                   timeout: float) -> Optional[Event]:
+        """The first event with id > cursor, or None after ``timeout`` seconds."""
+        key = (context, channel)
+        waiter = self._register(key, cursor, timeout)
+        try:
+            event = await self.store.first_after(context, channel, cursor)
+        except BaseException:
+            self._discard(key, waiter)
+            raise
+        if event is not None and not waiter.deferred.called:
+            self._fire(key, waiter, event)
+        return await waiter.deferred
+
+    def waiting(self) -> int:
+        """Number of requests currently held open (for tests and health)."""
+        return sum(len(c.waiters) for c in self._channels.values())
+
+    def _register(self, key: ChannelKey, cursor: int, timeout: float) -> _Waiter:
+        waiter = _Waiter(cursor)
+        # A client that disconnects cancels the handler, which cancels this
+        # Deferred: drop the waiter at once.  Cancellers must never raise.
+        waiter.deferred = defer.Deferred(lambda _: self._discard(key, waiter))
+        waiter.timer = self.reactor.callLater(timeout, self._fire, key, waiter, None)
+        ch = self._channels.get(key)
+        if ch is None:
+            ch = self._channels[key] = _Channel()
+        ch.waiters.add(waiter)
+        return waiter
+
+    def _discard(self, key: ChannelKey, waiter: _Waiter) -> None:
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        ch = self._channels.get(key)
+        if ch is None:
+            return
+        ch.waiters.discard(waiter)
+        if not ch.waiters and not ch.reading:
+            del self._channels[key]
+
+    def _fire(self, key: ChannelKey, waiter: _Waiter, event: Optional[Event]) -> None:
+        self._discard(key, waiter)
+        if not waiter.deferred.called:
+            waiter.deferred.callback(event)
+
+    # -- waking -------------------------------------------------------------
+    def notify(self, context: str, channel: str, head: int) -> None:
+        """Events up to ``head`` exist in this channel: answer who waits for them."""
+        ch = self._channels.get((context, channel))
+        if ch is None:
+            return
+        ch.pending = max(ch.pending, head)
+        if not ch.reading:
+            ch.reading = True
+            defer.ensureDeferred(self._read((context, channel), ch))
+
+    def recheck_all(self) -> None:
+        """Read every channel that has waiters (after a LISTEN outage)."""
+        for context, channel in list(self._channels):
+            self.notify(context, channel, MAX_ID + 1)
+
+    async def _read(self, key: ChannelKey, ch: _Channel) -> None:
+        try:
+            while ch.pending:
+                head, ch.pending = ch.pending, 0
+                wanted = {w.cursor + 1 for w in ch.waiters if w.cursor < head}
+                if not wanted:
+                    continue
+                try:
+                    found = await self.store.events_by_id(key[0], key[1], wanted)
+                except Unavailable:
+                    log.warn("wake-up read of {key} failed; retrying", key=key)
+                    self.reactor.callLater(WAKE_RETRY_S, self.notify, key[0], key[1], head)
+                    return
+                for waiter in list(ch.waiters):
+                    event = found.get(waiter.cursor + 1)
+                    if event is not None:
+                        self._fire(key, waiter, event)
+        except Exception:
+            log.failure("waking {key} failed", key=key)
+        finally:
+            ch.reading = False
+            if not ch.waiters and self._channels.get(key) is ch:
+                del self._channels[key]
+
+    def on_notification(self, payload: str) -> None:
+        """Parse a ``<context>/<channel>/<id>`` notification and wake its channel."""
+        try:
+            rest, head = payload.rsplit("/", 1)
+            context, channel = rest.split("/", 1)
+            self.notify(context, channel, int(head))
+        except ValueError:
+            log.warn("ignoring malformed notification {payload!r}", payload=payload)
+
+
+class Listener:
+    """The LISTEN connection: forwards notifications, re-arms itself after outages."""
+
+    def __init__(self, reactor: Any, dsn: str, on_notification: Callable[[str], None],
+                 on_recovered: Callable[[], None]) -> None:
+        self.reactor = reactor
+        self.dsn = dsn
+        self.on_notification = on_notification
+        self.on_recovered = on_recovered
+        self._conn: Any = None
+        self._keepalive: Optional[task.LoopingCall] = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.detector.connectionIsDead
+
+    async def start(self) -> None:
+        conn = make_connection(self.reactor)
+        await conn.connect(**connect_kwargs(self.dsn))
+        conn.addNotifyObserver(self._observe)
+        conn.detector.addRecoveryHandler(self._recovered)
+        await conn.runOperation(f"LISTEN {NOTIFY_CHANNEL}")
+        self._conn = conn
+        self._keepalive = task.LoopingCall(self._probe)
+        self._keepalive.clock = self.reactor
+        self._keepalive.start(LISTEN_KEEPALIVE_S, now=False)
+
+    def stop(self) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._conn is not None:
+            self._conn.detector.removeRecoveryHandler(self._recovered)
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def _observe(self, notify: Any) -> None:
+        if notify.channel == NOTIFY_CHANNEL:
+            self.on_notification(notify.payload)
+
+    async def _recovered(self) -> None:
+        log.info("LISTEN connection re-established; re-checking waiting channels")
+        await self._conn.runOperation(f"LISTEN {NOTIFY_CHANNEL}")
+        self.on_recovered()
+
+    def _probe(self) -> None:
+        # Errors are noticed by the connection's detector, which reconnects.
+        if self._conn is not None and not self._conn.detector.connectionIsDead:
+            self._conn.runQuery("SELECT 1").addErrback(lambda _: None)

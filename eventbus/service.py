@@ -1,0 +1,158 @@
+"""The twistd service tree: embedded PostgreSQL, database, notifier, ports.
+
+Order matters and is enforced by :class:`SequentialService`: the database is
+reachable and migrated, and the LISTEN connection is up, before any port
+listens; on shutdown the ports stop first and PostgreSQL last.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+from twisted.application import service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+from eventbus.embedded import EmbeddedPostgres
+from eventbus.notifier import Listener
+from eventbus.store import Store
+
+log = Logger()
+
+#: How long start-up keeps retrying an unreachable database before giving up.
+STARTUP_DB_WAIT_S = 30.0
+STARTUP_RETRY_S = 1.0
+
+#: Set when start-up failed, so ``python -m eventbus`` can exit non-zero.
+startup_failed = False
+
+
+class SequentialService(service.MultiService):
+    """Starts children one at a time, awaiting each; stops them in reverse.
+
+    ``privilegedStartService`` is deliberately not forwarded: port services
+    would otherwise bind before the database is ready.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self._starting: Optional[defer.Deferred] = None
+
+    def privilegedStartService(self) -> None:
+        service.Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._starting = defer.ensureDeferred(self._start_all())
+
+    async def _start_all(self) -> None:
+        global startup_failed
+        for child in list(self):
+            try:
+                await defer.maybeDeferred(child.startService)
+            except Exception as e:
+                startup_failed = True
+                log.failure("start-up failed in {service}: {error}", service=child.name or child, error=e)
+                self.reactor.stop()
+                return
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop_all())
+
+    async def _stop_all(self) -> None:
+        if self._starting is not None:
+            await self._starting
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    await defer.maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("error stopping {service}", service=child.name or child)
+
+
+class EmbeddedPostgresService(service.Service):
+    """Runs the private PostgreSQL when no ``--dsn`` is given."""
+
+    name = "embedded-postgres"
+
+    def __init__(self, data_dir: str, on_ready: Callable[[str], None]) -> None:
+        self.postgres = EmbeddedPostgres(data_dir)
+        self.on_ready = on_ready
+
+    async def _start(self) -> None:
+        log.info("starting embedded PostgreSQL in {path}", path=str(self.postgres.data_dir))
+        dsn = await threads.deferToThread(self.postgres.start)
+        log.info("embedded PostgreSQL is ready")
+        self.on_ready(dsn)
+
+    def startService(self) -> defer.Deferred:
+        service.Service.startService(self)
+        return defer.ensureDeferred(self._start())
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        d = threads.deferToThread(self.postgres.stop)
+        d.addCallback(lambda stopped: log.info(
+            "embedded PostgreSQL {what}", what="stopped" if stopped else "left running for other processes"))
+        return d
+
+
+class DatabaseService(service.Service):
+    """Opens the pool (waiting a while for the database) and migrates the schema."""
+
+    name = "database"
+
+    def __init__(self, store: Store, reactor: Any) -> None:
+        self.store = store
+        self.reactor = reactor
+
+    async def _start(self) -> None:
+        deadline = time.monotonic() + STARTUP_DB_WAIT_S
+        while True:
+            try:
+                await self.store.open()
+                break
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warn("database not reachable yet ({error}); retrying", error=e)
+                await _sleep(self.reactor, STARTUP_RETRY_S)
+        version = await self.store.migrate()
+        log.info("database ready, schema version {version}", version=version)
+
+    def startService(self) -> defer.Deferred:
+        service.Service.startService(self)
+        return defer.ensureDeferred(self._start())
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        self.store.close()
+
+
+class ListenerService(service.Service):
+    """The LISTEN connection that wakes long-polling requests."""
+
+    name = "listener"
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def startService(self) -> defer.Deferred:
+        service.Service.startService(self)
+        return defer.ensureDeferred(self.listener.start())
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        self.listener.stop()
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred:
+    return defer.Deferred.fromCoroutine(_sleep_coro(reactor, seconds))
+
+
+async def _sleep_coro(reactor: Any, seconds: float) -> None:
+    from twisted.internet import task
+
+    await task.deferLater(reactor, seconds, lambda: None)

@@ -1,0 +1,347 @@
+"""Every SQL statement of the event bus, its schema and migrations.
+
+Ordering mechanism
+------------------
+Each channel has one row in ``channels`` holding ``last_id``.  A publish
+increments that counter *inside the inserting transaction* (``UPDATE ...
+RETURNING``), so the row lock serialises writers of one channel until their
+commit: ids are handed out in commit order, a rolled-back publish gives its
+id back, and the committed ids of a channel are always exactly ``1..N``.  A
+consumer asking for "the first event with id > cursor" therefore can never
+miss an event that commits later with a smaller id, which is what goes wrong
+with a plain sequence.  The same row also keeps ``last_ts`` so timestamps
+never go backwards within a channel, which makes ``start`` reads a prefix
+cut of the id order.
+
+Every publish ends with ``pg_notify('eventbus', '<context>/<channel>/<id>')``;
+PostgreSQL delivers it only after commit, to every server process listening.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Iterable, Optional, TypeVar
+
+import psycopg2
+import psycopg2.errors
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import reconnection, retrying, txpostgres
+
+from eventbus.errors import Unavailable
+from eventbus.model import Event
+
+log = Logger()
+
+NOTIFY_CHANNEL = "eventbus"
+#: How long a request may wait for the database before it gets a 503.
+QUERY_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5
+#: Events fetched per round trip when streaming a channel.
+PAGE_SIZE = 1000
+
+T = TypeVar("T")
+
+_EVENT_COLUMNS = "e.id, extract(epoch FROM e.ts)::float8, e.issuer, e.payload::text"
+_CHANNEL_ID = "(SELECT id FROM channels WHERE context = %(context)s AND channel = %(channel)s)"
+
+MIGRATIONS: list[str] = [
+    # 1: the log
+    """
+    CREATE TABLE channels (
+        id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        context  text NOT NULL,
+        channel  text NOT NULL,
+        last_id  bigint NOT NULL,
+        last_ts  timestamptz NOT NULL,
+        UNIQUE (context, channel)
+    );
+    CREATE TABLE events (
+        channel_id bigint NOT NULL REFERENCES channels (id),
+        id         bigint NOT NULL,
+        ts         timestamptz NOT NULL,
+        issuer     text NOT NULL,
+        payload    json NOT NULL,
+        PRIMARY KEY (channel_id, id)
+    );
+    CREATE INDEX events_channel_ts ON events (channel_id, ts, id);
+
+    -- Append a JSON array of payloads to a channel; returns the first new id
+    -- and the shared timestamp.  See the module docstring of eventbus.store.
+    CREATE FUNCTION eventbus_append(p_context text, p_channel text,
+                                    p_issuer text, p_payloads json)
+    RETURNS TABLE (first_id bigint, ts float8)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        n   bigint := json_array_length(p_payloads);
+        cid bigint;
+        top bigint;
+        t   timestamptz;
+    BEGIN
+        UPDATE channels
+           SET last_id = last_id + n,
+               last_ts = greatest(last_ts, clock_timestamp())
+         WHERE context = p_context AND channel = p_channel
+        RETURNING id, last_id, last_ts INTO cid, top, t;
+        IF NOT FOUND THEN
+            INSERT INTO channels AS c (context, channel, last_id, last_ts)
+            VALUES (p_context, p_channel, n, clock_timestamp())
+            ON CONFLICT (context, channel) DO UPDATE
+               SET last_id = c.last_id + n,
+                   last_ts = greatest(c.last_ts, clock_timestamp())
+            RETURNING c.id, c.last_id, c.last_ts INTO cid, top, t;
+        END IF;
+        INSERT INTO events (channel_id, id, ts, issuer, payload)
+        SELECT cid, top - n + p.ord, t, p_issuer, p.value
+          FROM json_array_elements(p_payloads) WITH ORDINALITY AS p(value, ord);
+        PERFORM pg_notify('eventbus', p_context || '/' || p_channel || '/' || top);
+        RETURN QUERY SELECT top - n + 1, extract(epoch FROM t)::float8;
+    END
+    $$;
+    """,
+]
+
+
+def _is_dead(f: Failure) -> bool:
+    """Does this failure mean the connection itself is gone?
+
+    txpostgres' default treats every ``OperationalError`` as a dead
+    connection; deadlocks and cancellations are not.
+    """
+    if f.check(psycopg2.errors.TransactionRollbackError, psycopg2.errors.QueryCanceled):
+        return False
+    return bool(f.check(psycopg2.InterfaceError, psycopg2.OperationalError))
+
+
+def _backoff() -> Iterable[float]:
+    return retrying.simpleBackoffIterator(
+        initialDelay=0.25, maxDelay=3.0, factor=2.0, maxRetries=0, now=True
+    )
+
+
+def make_connection(reactor: Any) -> txpostgres.Connection:
+    """A txpostgres connection that reconnects by itself with backoff."""
+    detector = reconnection.DeadConnectionDetector(
+        deathChecker=_is_dead, reconnectionIterator=_backoff, reactor=reactor
+    )
+    return txpostgres.Connection(reactor, detector=detector)
+
+
+def connect_kwargs(dsn: str) -> dict[str, Any]:
+    return dict(
+        dsn=dsn,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+        application_name="eventbus",
+    )
+
+
+class _Pool(txpostgres.ConnectionPool):
+    """txpostgres' pool, with self-healing connections that are skipped while dead."""
+
+    def __init__(self, reactor: Any, dsn: str, size: int) -> None:
+        self.reactor = reactor
+        self.min = size
+        super().__init__(None, **connect_kwargs(dsn))
+
+    def connectionFactory(self, reactor: Any, cooperator: Any) -> txpostgres.Connection:  # type: ignore[override]
+        return make_connection(reactor)
+
+    def _take(self) -> txpostgres.Connection:
+        for c in self.connections:
+            if not c.detector.connectionIsDead:
+                self.connections.remove(c)
+                return c
+        return self.connections.pop()
+
+    def _runQuery(self, *args: Any, **kwargs: Any) -> defer.Deferred:
+        c = self._take()
+        return c.runQuery(*args, **kwargs).addBoth(self._putBackAndPassthrough, c)
+
+    def _runOperation(self, *args: Any, **kwargs: Any) -> defer.Deferred:
+        c = self._take()
+        return c.runOperation(*args, **kwargs).addBoth(self._putBackAndPassthrough, c)
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> defer.Deferred:
+        c = self._take()
+        d = c.runInteraction(interaction, *args, **kwargs)
+        return d.addBoth(self._putBackAndPassthrough, c)
+
+
+class Store:
+    """The event log in PostgreSQL, reached through a txpostgres pool."""
+
+    def __init__(self, reactor: IReactorTime, dsn: str, pool_size: int = 8,
+                 timeout: float = QUERY_TIMEOUT_S) -> None:
+        self.reactor = reactor
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self._pool: Optional[_Pool] = None
+
+    # -- life cycle ---------------------------------------------------------
+    async def open(self) -> None:
+        pool = _Pool(self.reactor, self.dsn, self.pool_size)
+        try:
+            await pool.start()
+        except BaseException:
+            for c in pool.connections:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+            raise
+        self._pool = pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date; safe with several processes starting at once."""
+
+        def run(cur: txpostgres.Cursor) -> defer.Deferred:
+            return defer.ensureDeferred(self._migrate(cur))
+
+        return await self._call(self._pool_or_fail().runInteraction(run), timeout=120)
+
+    async def _migrate(self, cur: txpostgres.Cursor) -> int:
+        await cur.execute("SELECT pg_advisory_xact_lock(%s)", (0x6576656E74627573,))
+        await cur.execute(
+            "CREATE TABLE IF NOT EXISTS eventbus_schema (version int NOT NULL)"
+        )
+        await cur.execute("SELECT max(version) FROM eventbus_schema")
+        current = cur.fetchone()[0] or 0
+        for version, sql in enumerate(MIGRATIONS, start=1):
+            if version > current:
+                log.info("applying schema migration {version}", version=version)
+                await cur.execute(sql)
+                await cur.execute("INSERT INTO eventbus_schema VALUES (%s)", (version,))
+        return len(MIGRATIONS)
+
+    # -- writes -------------------------------------------------------------
+    async def append(self, context: str, channel: str, issuer: str,
+                     payloads_json: str) -> tuple[int, float]:
+        """Append the payloads of a JSON array text; return (first id, timestamp).
+
+        Resolves only after the transaction has committed.
+        """
+        rows = await self._query(
+            "SELECT * FROM eventbus_append(%s, %s, %s, %s::json)",
+            (context, channel, issuer, payloads_json),
+        )
+        first_id, ts = rows[0]
+        return first_id, ts
+
+    # -- reads --------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._query("SELECT 1", timeout=min(self.timeout, 3.0))
+
+    async def event(self, context: str, channel: str, event_id: int) -> Optional[Event]:
+        rows = await self._query(
+            f"SELECT {_EVENT_COLUMNS} FROM events e"
+            f" WHERE e.channel_id = {_CHANNEL_ID} AND e.id = %(id)s",
+            {"context": context, "channel": channel, "id": event_id},
+        )
+        return Event(*rows[0]) if rows else None
+
+    async def first_after(self, context: str, channel: str, cursor: int) -> Optional[Event]:
+        """The first event with id > cursor (ids are gap-free, so: id cursor+1)."""
+        return await self.event(context, channel, cursor + 1)
+
+    async def events_by_id(self, context: str, channel: str,
+                           ids: Iterable[int]) -> dict[int, Event]:
+        """Several events of one channel in one round trip (used to wake waiters)."""
+        rows = await self._query(
+            f"SELECT {_EVENT_COLUMNS} FROM events e"
+            f" WHERE e.channel_id = {_CHANNEL_ID} AND e.id = ANY(%(ids)s)",
+            {"context": context, "channel": channel, "ids": sorted(ids)},
+        )
+        return {row[0]: Event(*row) for row in rows}
+
+    async def head(self, context: str, channel: str) -> int:
+        """The channel's last committed id (0 for a channel never written)."""
+        rows = await self._query(
+            "SELECT last_id FROM channels WHERE context = %s AND channel = %s",
+            (context, channel),
+        )
+        return rows[0][0] if rows else 0
+
+    async def first_id_at(self, context: str, channel: str,
+                          start: dt.datetime) -> Optional[int]:
+        """The id of the first event with timestamp >= start."""
+        rows = await self._query(
+            "SELECT e.id FROM events e"
+            f" WHERE e.channel_id = {_CHANNEL_ID} AND e.ts >= %(start)s"
+            " ORDER BY e.ts, e.id LIMIT 1",
+            {"context": context, "channel": channel, "start": start},
+        )
+        return rows[0][0] if rows else None
+
+    async def page(self, context: str, channel: str, after: int, upto: int,
+                   limit: int = PAGE_SIZE) -> list[Event]:
+        """Events with after < id <= upto, in id order, at most ``limit``."""
+        rows = await self._query(
+            f"SELECT {_EVENT_COLUMNS} FROM events e"
+            f" WHERE e.channel_id = {_CHANNEL_ID} AND e.id > %(after)s AND e.id <= %(upto)s"
+            " ORDER BY e.id LIMIT %(limit)s",
+            {"context": context, "channel": channel, "after": after, "upto": upto,
+             "limit": limit},
+        )
+        return [Event(*row) for row in rows]
+
+    # -- plumbing -----------------------------------------------------------
+    def _pool_or_fail(self) -> _Pool:
+        if self._pool is None:
+            raise Unavailable("database is not connected")
+        return self._pool
+
+    async def _query(self, sql: str, params: Any = None,
+                     timeout: Optional[float] = None) -> list[tuple]:
+        return await self._call(self._pool_or_fail().runQuery(sql, params), timeout)
+
+    async def _call(self, d: defer.Deferred, timeout: Optional[float] = None) -> Any:
+        """Await a database Deferred, mapping outages and slowness to 503.
+
+        On timeout the query is left to finish on its own (cancelling needs a
+        blocking round trip in psycopg2); the caller just stops waiting.
+        """
+        try:
+            return await _within(self.reactor, d, timeout or self.timeout)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError,
+                reconnection.ConnectionDead, txpostgres.RollbackFailed) as e:
+            log.warn("database unavailable: {error}", error=e)
+            raise Unavailable("database unavailable") from None
+
+
+def _within(reactor: IReactorTime, d: defer.Deferred, seconds: float) -> defer.Deferred:
+    """A Deferred firing like ``d``, or failing with Unavailable after ``seconds``.
+
+    ``d`` itself is not cancelled.
+    """
+    result: defer.Deferred = defer.Deferred()
+
+    def expire() -> None:
+        if not result.called:
+            result.errback(Unavailable(f"database did not answer within {seconds:g} s"))
+
+    call = reactor.callLater(seconds, expire)
+
+    def done(value: Any) -> None:
+        if call.active():
+            call.cancel()
+        if result.called:
+            return None  # already answered 503; drop the late result or error
+        if isinstance(value, Failure):
+            result.errback(value)
+        else:
+            result.callback(value)
+        return None
+
+    d.addBoth(done)
+    return result

@@ -1,0 +1,73 @@
+"""twistd plugin options and ``makeService`` (the dropin only points here)."""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.python import usage
+
+from eventbus.api import EventBusAPI
+from eventbus.notifier import Listener, Notifier
+from eventbus.service import (
+    DatabaseService,
+    EmbeddedPostgresService,
+    ListenerService,
+    SequentialService,
+)
+from eventbus.site import DEFAULT_MAX_BODY, EventBusSite
+from eventbus.store import Store
+
+DEFAULT_LISTEN = "tcp:33002"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "A durable HTTP event bus on PostgreSQL."
+    optParameters = [
+        ["dsn", None, None,
+         "PostgreSQL connection string (URI or key=value); without it an "
+         "embedded PostgreSQL is run in --data-dir."],
+        ["data-dir", None, "./eventbus-data", "Where the embedded PostgreSQL keeps its data."],
+        ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body, in bytes.", int],
+        ["pool-size", None, 8, "Database connections per process.", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """A Twisted endpoint string to serve HTTP on (repeatable; default tcp:33002)."""
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if self["max-body"] < 1:
+            raise usage.UsageError("--max-body must be a positive number of bytes")
+        if self["pool-size"] < 1:
+            raise usage.UsageError("--pool-size must be at least 1")
+
+
+def makeService(options: Any, reactor: Any = None) -> service.IService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    store = Store(reactor, options["dsn"] or "", pool_size=options["pool-size"])
+    notifier = Notifier(reactor, store)
+    listener = Listener(reactor, store.dsn, notifier.on_notification, notifier.recheck_all)
+
+    def use_dsn(dsn: str) -> None:
+        store.dsn = listener.dsn = dsn
+
+    root = SequentialService(reactor)
+    if not options["dsn"]:
+        EmbeddedPostgresService(options["data-dir"], use_dsn).setServiceParent(root)
+    DatabaseService(store, reactor).setServiceParent(root)
+    ListenerService(listener).setServiceParent(root)
+    api = EventBusAPI(store, notifier, reactor)
+    site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
+    for endpoint in options["listen"]:
+        strports.service(endpoint, site).setServiceParent(root)
+    return root
