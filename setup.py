@@ -24,6 +24,7 @@ setup(
         "test": [
             "pytest>=7.4",
             "pytest-twisted>=1.14",
+            "pytest-timeout>=2.2",
         ],
     },
     entry_points={"console_scripts": ["eventbus=eventbus.__main__:cli"]},

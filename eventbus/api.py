@@ -81,10 +81,9 @@ class EventBusAPI:
             raise BadRequest("the payload must be a JSON object")
         first_id, ts = await self.store.append(context, channel, issuer, f"[{text}]")
         self.notifier.notify(context, channel, first_id)
-        request.setResponseCode(201)
         request.setHeader(b"Location", f"/events/{context}/{channel}/{first_id}".encode())
-        request.setHeader(b"Content-Type", JSON)
-        return render_event(context, channel, Event(first_id, ts, issuer, text))
+        event = Event(first_id, ts, issuer, text)
+        return _body(request, render_event(context, channel, event), 201)
 
     @app.route("/events/<context>/<channel>", methods=["GET"])
     async def read(self, request: IRequest, context: str, channel: str) -> Optional[bytes]:
@@ -114,8 +113,7 @@ class EventBusAPI:
         event = await self.store.event(context, channel, int(event_id))
         if event is None:
             raise NotFound(f"no event {event_id} in {context}/{channel}")
-        request.setHeader(b"Content-Type", JSON)
-        return render_event(context, channel, event)
+        return _body(request, render_event(context, channel, event))
 
     # -- reading ------------------------------------------------------------
     async def _peek(self, request: IRequest, context: str, channel: str,
@@ -127,8 +125,7 @@ class EventBusAPI:
         if event is None:
             request.setResponseCode(204)
             return b""
-        request.setHeader(b"Content-Type", JSON)
-        return render_event(context, channel, event)
+        return _body(request, render_event(context, channel, event))
 
     async def _stream(self, request: IRequest, context: str, channel: str,
                       start: Optional[dt.datetime], limit: Optional[int]) -> None:
@@ -200,15 +197,20 @@ class EventBusAPI:
 
 
 # -- helpers -------------------------------------------------------------------
-def _json(request: IRequest, value: Any) -> bytes:
+def _body(request: IRequest, body: bytes, status: int = 200) -> bytes:
+    """A complete JSON response (with Content-Length, so no chunking)."""
+    request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON)
-    return orjson.dumps(value)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _json(request: IRequest, value: Any) -> bytes:
+    return _body(request, orjson.dumps(value))
 
 
 def _error(request: IRequest, status: int, message: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON)
-    return error_body(message)
+    return _body(request, error_body(message), status)
 
 
 def _issuer_header(request: IRequest) -> Optional[bytes]:
