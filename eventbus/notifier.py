@@ -31,6 +31,10 @@ WAKE_RETRY_S = 1.0
 LISTEN_KEEPALIVE_S = 10.0
 
 ChannelKey = tuple[str, str]
+#: ``watcher(context, channel, head)``: events up to ``head`` may exist in
+#: that channel.  ``channel`` is None and ``head`` is None after a LISTEN
+#: outage, meaning "anything in this context may have changed".
+Watcher = Callable[[str, Optional[str], Optional[int]], None]
 
 
 class _Waiter:
@@ -61,6 +65,7 @@ class Notifier:
         self.reactor = reactor
         self.store = store
         self._channels: dict[ChannelKey, _Channel] = {}
+        self._watchers: dict[tuple[str, Optional[str]], set[Watcher]] = {}
 
     # -- waiting ------------------------------------------------------------
     async def wait(self, context: str, channel: str, cursor: int,
@@ -108,9 +113,49 @@ class Notifier:
         if not waiter.deferred.called:
             waiter.deferred.callback(event)
 
+    # -- long-lived watchers ---------------------------------------------------
+    def watch(self, context: str, channel: Optional[str],
+              watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher`` on every wake of a channel (or, with ``channel``
+        None, of every channel of ``context``); returns the unsubscribe call.
+
+        For components that follow channels continuously (webhook delivery,
+        consumer groups); one-shot requests use :meth:`wait`.  Watchers must
+        not raise; they are told about events, they do not read them.
+        """
+        key = (context, channel)
+        self._watchers.setdefault(key, set()).add(watcher)
+
+        def unwatch() -> None:
+            watchers = self._watchers.get(key)
+            if watchers is not None:
+                watchers.discard(watcher)
+                if not watchers:
+                    del self._watchers[key]
+
+        return unwatch
+
+    def _tell_watchers(self, context: str, channel: Optional[str],
+                       head: Optional[int]) -> None:
+        if channel is None:  # after an outage: every watcher of the context
+            keys = [k for k in self._watchers if k[0] == context]
+        else:
+            keys = [(context, channel), (context, None)]
+        for key in keys:
+            for watcher in list(self._watchers.get(key, ())):
+                try:
+                    watcher(context, channel, head)
+                except Exception:
+                    log.failure("watcher of {key} failed", key=key)
+
     # -- waking -------------------------------------------------------------
     def notify(self, context: str, channel: str, head: int) -> None:
         """Events up to ``head`` exist in this channel: answer who waits for them."""
+        if self._watchers:
+            self._tell_watchers(context, channel, head)
+        self._wake(context, channel, head)
+
+    def _wake(self, context: str, channel: str, head: int) -> None:
         ch = self._channels.get((context, channel))
         if ch is None:
             return
@@ -121,8 +166,10 @@ class Notifier:
 
     def recheck_all(self) -> None:
         """Read every channel that has waiters (after a LISTEN outage)."""
+        for context in {k[0] for k in self._watchers}:
+            self._tell_watchers(context, None, None)
         for context, channel in list(self._channels):
-            self.notify(context, channel, MAX_ID + 1)
+            self._wake(context, channel, MAX_ID + 1)
 
     async def _read(self, key: ChannelKey, ch: _Channel) -> None:
         try:
@@ -135,7 +182,7 @@ class Notifier:
                     found = await self.store.events_by_id(key[0], key[1], wanted)
                 except Unavailable:
                     log.warn("wake-up read of {key} failed; retrying", key=key)
-                    self.reactor.callLater(WAKE_RETRY_S, self.notify, key[0], key[1], head)
+                    self.reactor.callLater(WAKE_RETRY_S, self._wake, key[0], key[1], head)
                     return
                 for waiter in list(ch.waiters):
                     event = found.get(waiter.cursor + 1)
