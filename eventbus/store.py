@@ -205,10 +205,7 @@ class Store:
     async def migrate(self) -> int:
         """Bring the schema up to date; safe with several processes starting at once."""
 
-        def run(cur: txpostgres.Cursor) -> defer.Deferred:
-            return defer.ensureDeferred(self._migrate(cur))
-
-        return await self._call(self._pool_or_fail().runInteraction(run), timeout=120)
+        return await self.transaction(self._migrate, timeout=120)
 
     async def _migrate(self, cur: txpostgres.Cursor) -> int:
         await cur.execute("SELECT pg_advisory_xact_lock(%s)", (0x6576656E74627573,))
@@ -294,6 +291,21 @@ class Store:
              "limit": limit},
         )
         return [Event(*row) for row in rows]
+
+    # -- for the storage modules of other features -----------------------------
+    async def query(self, sql: str, params: Any = None,
+                    timeout: Optional[float] = None) -> list[tuple]:
+        """Run one statement (its own transaction); 503 on database trouble."""
+        return await self._query(sql, params, timeout)
+
+    async def transaction(self, work: Callable[[txpostgres.Cursor], Any],
+                          timeout: Optional[float] = None) -> Any:
+        """Run ``async work(cursor)`` inside BEGIN/COMMIT (ROLLBACK on error)."""
+
+        def run(cur: txpostgres.Cursor) -> defer.Deferred:
+            return defer.ensureDeferred(work(cur))
+
+        return await self._call(self._pool_or_fail().runInteraction(run), timeout)
 
     # -- plumbing -----------------------------------------------------------
     def _pool_or_fail(self) -> _Pool:
