@@ -24,6 +24,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import RequestRedirect
 from zope.interface import implementer
 
 from eventbus.errors import ApiError, BadRequest, MethodNotAllowed, NotFound
@@ -90,15 +91,16 @@ class EventBusAPI:
         check_name("context", context)
         check_name("channel", channel)
         params = _query(request)
+        # Every parameter given is checked, even one this mode ignores.
+        limit = None
+        if "limit" in params:
+            limit = _int_param("limit", params["limit"], 1, 2**63 - 1)
+        timeout = _timeout_param(params.get("timeout"))
         if "peek" in params:
             if "start" in params:
                 raise BadRequest("start and peek cannot be combined")
             cursor = _int_param("peek", params["peek"], 0, MAX_ID)
-            timeout = _timeout_param(params.get("timeout"))
             return await self._peek(request, context, channel, cursor, timeout)
-        limit = None
-        if "limit" in params:
-            limit = _int_param("limit", params["limit"], 1, 2**63 - 1)
         start = _start_param(params["start"]) if "start" in params else None
         await self._stream(request, context, channel, start, limit)
         return None
@@ -186,7 +188,9 @@ class EventBusAPI:
             request.setHeader(b"Allow", ", ".join(allowed).encode())
             method = request.method.decode("latin-1")
             return _error(request, 405, f"method {method} not allowed here; allowed: {', '.join(allowed)}")
-        if isinstance(error, WerkzeugNotFound):
+        # RequestRedirect: werkzeug would merge "//" and redirect to another
+        # resource ("/events/c//1" to channel "1"); an empty name is no path.
+        if isinstance(error, (WerkzeugNotFound, RequestRedirect)):
             return _error(request, 404, f"no such resource: {request.path.decode('latin-1')[:200]}")
         return _error(request, error.code or 400, error.description or error.name)
 
@@ -304,7 +308,9 @@ class _Pacer:
 
 
 class _Utf8PathGuard(Resource):
-    """Answers a non-UTF-8 path with a JSON 400 (Klein's answer is plain text)."""
+    """Answers a non-UTF-8 path with a JSON 400 (Klein's answer is plain text),
+    and a path with an encoded slash too: twisted.web decodes each segment and
+    Klein joins them with "/", so a name "a%2Fb" would route as two segments."""
 
     isLeaf = True
 
@@ -317,4 +323,6 @@ class _Utf8PathGuard(Resource):
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
             return _error(request, 400, "request path is not valid UTF-8")
+        if b"%2f" in request.path.lower():
+            return _error(request, 400, "a name in the request path contains an encoded '/'")
         return self.inner.render(request)
