@@ -5,13 +5,19 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    from twisted.application import app
     from twisted.scripts import twistd
 
     from eventbus import service
 
+    def run_app(config: twistd.ServerOptions) -> None:
+        # Like twistd.runApp, minus its re-raising of the signal that stopped
+        # the reactor: a SIGTERM shutdown that went cleanly exits with 0.
+        twistd._SomeApplicationRunner(config).run()
+
     # No pidfile: several server processes may run from one directory.
     sys.argv = [sys.argv[0], "--nodaemon", "--pidfile=", "eventbus", *argv]
-    twistd.run()
+    app.run(run_app, twistd.ServerOptions)
     return 1 if service.startup_failed else 0
 
 

@@ -1,0 +1,249 @@
+"""Notifier unit tests: a fake store and a fake clock, no database, no network.
+
+The fake store answers ``first_after`` at once (from its dict of events) and
+lets a test hold ``events_by_id`` open or make it fail, so reads in flight,
+notifications racing them, and database outages can be staged exactly.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from eventbus.errors import Unavailable
+from eventbus.model import Event
+from eventbus.notifier import WAKE_RETRY_S, Notifier
+
+CTX = "ctx"
+
+
+def ev(event_id: int) -> Event:
+    return Event(event_id, 1700000000.0 + event_id, "tests", '{"n": %d}' % event_id)
+
+
+class FakeStore:
+    """Records every read; ``events_by_id`` can be gated or made to fail."""
+
+    def __init__(self) -> None:
+        self.events: dict[tuple[str, str], dict[int, Event]] = {}
+        self.first_after_calls: list[tuple[str, str, int]] = []
+        self.by_id_calls: list[tuple[str, str, frozenset[int]]] = []
+        #: When set, events_by_id waits for this Deferred before answering.
+        self.gate: Optional[defer.Deferred] = None
+        #: This many next events_by_id calls raise Unavailable.
+        self.failures = 0
+
+    def add(self, channel: str, *ids: int) -> None:
+        chan = self.events.setdefault((CTX, channel), {})
+        for i in ids:
+            chan[i] = ev(i)
+
+    async def first_after(self, context: str, channel: str, cursor: int) -> Optional[Event]:
+        self.first_after_calls.append((context, channel, cursor))
+        return self.events.get((context, channel), {}).get(cursor + 1)
+
+    async def events_by_id(self, context: str, channel: str,
+                           ids: Iterable[int]) -> dict[int, Event]:
+        wanted = frozenset(ids)
+        self.by_id_calls.append((context, channel, wanted))
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            await gate
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("database unavailable")
+        chan = self.events.get((context, channel), {})
+        return {i: chan[i] for i in wanted if i in chan}
+
+    def reads_of(self, channel: str) -> list[frozenset[int]]:
+        return [ids for (_, ch, ids) in self.by_id_calls if ch == channel]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def notifier(clock: Clock, store: FakeStore) -> Notifier:
+    return Notifier(clock, store)  # type: ignore[arg-type]
+
+
+def wait(notifier: Notifier, channel: str, cursor: int, timeout: float = 30.0) -> defer.Deferred:
+    return defer.ensureDeferred(notifier.wait(CTX, channel, cursor, timeout))
+
+
+def result_of(d: defer.Deferred) -> object:
+    """The value a Deferred has fired with (fails the test if it has not)."""
+    results: list = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    value = results[0]
+    if isinstance(value, defer.Failure):
+        value.raiseException()
+    return value
+
+
+def test_existing_event_is_returned_at_once_without_holding_a_waiter(notifier, store):
+    store.add("a", 1, 2)
+    d = wait(notifier, "a", 1)
+    assert result_of(d) == ev(2)
+    assert notifier.waiting() == 0
+    assert store.by_id_calls == []
+
+
+def test_many_waiters_on_one_channel_are_answered_by_one_read(notifier, store):
+    waiters = [wait(notifier, "a", 0) for _ in range(50)]
+    waiters += [wait(notifier, "a", 1) for _ in range(10)]
+    assert notifier.waiting() == 60
+    assert not any(d.called for d in waiters)
+    store.add("a", 1, 2)
+    notifier.notify(CTX, "a", 2)
+    assert store.reads_of("a") == [frozenset({1, 2})]
+    assert [result_of(d) for d in waiters] == [ev(1)] * 50 + [ev(2)] * 10
+    assert notifier.waiting() == 0
+
+
+def test_notify_for_one_channel_neither_reads_nor_wakes_another(notifier, store):
+    a = wait(notifier, "a", 0)
+    b = wait(notifier, "b", 0)
+    store.add("a", 1)
+    store.add("b", 1)  # exists, but nobody said so: b must stay untouched
+    notifier.notify(CTX, "a", 1)
+    assert result_of(a) == ev(1)
+    assert not b.called
+    assert store.reads_of("b") == []
+    assert notifier.waiting() == 1
+
+
+def test_notify_for_a_channel_nobody_waits_on_reads_nothing(notifier, store):
+    notifier.notify(CTX, "nobody", 5)
+    assert store.by_id_calls == []
+
+
+def test_notify_below_the_waiters_cursor_reads_nothing(notifier, store):
+    d = wait(notifier, "a", 5)
+    notifier.notify(CTX, "a", 5)
+    assert store.by_id_calls == []
+    assert not d.called
+
+
+def test_timeout_fires_none_at_the_clock_time_and_frees_the_waiter(notifier, clock):
+    d = wait(notifier, "a", 0, timeout=7.5)
+    clock.advance(7.4)
+    assert not d.called
+    assert notifier.waiting() == 1
+    clock.advance(0.1)
+    assert result_of(d) is None
+    assert notifier.waiting() == 0
+    assert clock.getDelayedCalls() == []
+
+
+def test_cancelling_a_waiter_removes_it_at_once(notifier, clock, store):
+    d1 = wait(notifier, "a", 0)
+    d2 = wait(notifier, "a", 0)
+    assert notifier.waiting() == 2
+    d1.cancel()  # what Klein does when the client disconnects
+    failures: list = []
+    d1.addErrback(failures.append)
+    assert failures and failures[0].check(defer.CancelledError)
+    assert notifier.waiting() == 1
+    d2.cancel()
+    d2.addErrback(lambda f: f.trap(defer.CancelledError))
+    assert notifier.waiting() == 0
+    # Their timers went with them, and a later notify finds nobody to read for.
+    assert clock.getDelayedCalls() == []
+    notifier.notify(CTX, "a", 1)
+    assert store.by_id_calls == []
+
+
+def test_notify_during_a_read_causes_exactly_one_more_read(notifier, store):
+    early = wait(notifier, "a", 0)
+    late = wait(notifier, "a", 1)
+    gate = store.gate = defer.Deferred()
+    store.add("a", 1)
+    notifier.notify(CTX, "a", 1)
+    assert store.reads_of("a") == [frozenset({1})]
+    # Two more events are announced while the first read is in flight.
+    store.add("a", 2)
+    notifier.notify(CTX, "a", 2)
+    store.add("a", 3)
+    notifier.notify(CTX, "a", 3)
+    assert len(store.reads_of("a")) == 1, "a second read started concurrently"
+    gate.callback(None)
+    assert result_of(early) == ev(1)
+    assert result_of(late) == ev(2)
+    assert store.reads_of("a") == [frozenset({1}), frozenset({2})]
+    # Once done, the channel is idle again: a new notify reads anew.
+    again = wait(notifier, "a", 3)
+    store.add("a", 4)
+    notifier.notify(CTX, "a", 4)
+    assert result_of(again) == ev(4)
+    assert len(store.reads_of("a")) == 3
+
+
+def test_recheck_all_reads_every_channel_with_waiters(notifier, store):
+    a = wait(notifier, "a", 0)
+    b = wait(notifier, "b", 3)
+    c = wait(notifier, "c", 0)
+    # Events committed while notifications were lost: only a and b have one.
+    store.add("a", 1)
+    store.add("b", 1, 2, 3, 4)
+    notifier.recheck_all()
+    assert sorted(ch for (_, ch, _) in store.by_id_calls) == ["a", "b", "c"]
+    assert store.reads_of("b") == [frozenset({4})]
+    assert result_of(a) == ev(1)
+    assert result_of(b) == ev(4)
+    assert not c.called
+    assert notifier.waiting() == 1
+
+
+def test_failed_wake_up_read_is_retried_later_and_then_wakes(notifier, store, clock):
+    d = wait(notifier, "a", 0, timeout=60)
+    store.add("a", 1)
+    store.failures = 1
+    notifier.notify(CTX, "a", 1)
+    assert len(store.reads_of("a")) == 1
+    assert not d.called
+    assert notifier.waiting() == 1
+    clock.advance(WAKE_RETRY_S / 2)
+    assert len(store.reads_of("a")) == 1, "retried without waiting"
+    clock.advance(WAKE_RETRY_S)
+    assert len(store.reads_of("a")) == 2
+    assert result_of(d) == ev(1)
+    assert notifier.waiting() == 0
+
+
+def test_notify_during_a_failing_read_is_not_lost(notifier, store, clock):
+    first = wait(notifier, "a", 0, timeout=60)
+    second = wait(notifier, "a", 1, timeout=60)
+    gate = store.gate = defer.Deferred()
+    store.failures = 1
+    store.add("a", 1)
+    notifier.notify(CTX, "a", 1)
+    assert store.reads_of("a") == [frozenset({1})]
+    store.add("a", 2)
+    notifier.notify(CTX, "a", 2)  # announced while the doomed read is in flight
+    gate.callback(None)  # ... and it fails
+    assert not first.called and not second.called
+    clock.advance(WAKE_RETRY_S)
+    assert store.reads_of("a")[1:] == [frozenset({1, 2})]
+    assert result_of(first) == ev(1)
+    assert result_of(second) == ev(2)
+
+
+def test_malformed_notification_is_ignored(notifier, store):
+    d = wait(notifier, "a", 0)
+    for payload in ("", "garbage", "ctx/a/notanumber", "noslash/3"):
+        notifier.on_notification(payload)
+    assert store.by_id_calls == []
+    store.add("a", 1)
+    notifier.on_notification(f"{CTX}/a/1")
+    assert result_of(d) == ev(1)
