@@ -27,7 +27,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
 from zope.interface import implementer
 
-from eventbus.errors import ApiError, BadRequest, MethodNotAllowed, NotFound
+from eventbus.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from eventbus.model import (
     MAX_ID,
     Event,
@@ -36,6 +36,7 @@ from eventbus.model import (
     error_body,
     parse_payload,
     render_event,
+    split_array,
 )
 from eventbus.notifier import Notifier
 from eventbus.store import PAGE_SIZE, Store
@@ -43,6 +44,7 @@ from eventbus.store import PAGE_SIZE, Store
 log = Logger()
 
 DEFAULT_PEEK_TIMEOUT_S = 25.0
+DEFAULT_MAX_BATCH = 1000
 MAX_PEEK_TIMEOUT_S = 300.0
 #: Latest instant a ``start`` may name: the end of year 9999.
 MAX_START_S = 253402300799
@@ -58,10 +60,12 @@ class EventBusAPI:
 
     app = Klein()
 
-    def __init__(self, store: Store, notifier: Notifier, reactor: IReactorTime) -> None:
+    def __init__(self, store: Store, notifier: Notifier, reactor: IReactorTime,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
         self.store = store
         self.notifier = notifier
         self.reactor = reactor
+        self.max_batch = max_batch
 
     def resource(self) -> Resource:
         return _Utf8PathGuard(self.app.resource())
@@ -78,13 +82,36 @@ class EventBusAPI:
         check_name("channel", channel)
         issuer = check_issuer(_issuer_header(request))
         text, value = parse_payload(request.content.read())
+        if isinstance(value, list):
+            return await self._publish_batch(request, context, channel, issuer, text, value)
         if not isinstance(value, dict):
-            raise BadRequest("the payload must be a JSON object")
+            raise BadRequest("the payload must be a JSON object (or an array of objects)")
         first_id, ts = await self.store.append(context, channel, issuer, f"[{text}]")
         self.notifier.notify(context, channel, first_id)
         request.setHeader(b"Location", f"/events/{context}/{channel}/{first_id}".encode())
         event = Event(first_id, ts, issuer, text)
         return _body(request, render_event(context, channel, event), 201)
+
+    async def _publish_batch(self, request: IRequest, context: str, channel: str,
+                             issuer: str, text: str, values: list) -> bytes:
+        """An array body: all its events are stored atomically, in array order."""
+        if not values:
+            raise BadRequest("a batch must hold at least one event")
+        if len(values) > self.max_batch:
+            raise PayloadTooLarge(
+                f"a batch may hold at most {self.max_batch} events, got {len(values)}")
+        for i, value in enumerate(values):
+            if not isinstance(value, dict):
+                raise BadRequest(f"batch element {i} is not a JSON object")
+        payloads = split_array(text)
+        first_id, ts = await self.store.append(context, channel, issuer, text, len(payloads))
+        last_id = first_id + len(payloads) - 1
+        self.notifier.notify(context, channel, last_id)
+        body = b"[" + b",".join(
+            render_event(context, channel, Event(first_id + i, ts, issuer, payload))
+            for i, payload in enumerate(payloads)
+        ) + b"]"
+        return _body(request, body, 201)
 
     @app.route("/events/<context>/<channel>", methods=["GET"])
     async def read(self, request: IRequest, context: str, channel: str) -> Optional[bytes]:

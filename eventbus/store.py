@@ -19,6 +19,7 @@ PostgreSQL delivers it only after commit, to every server process listening.
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import psycopg2
@@ -40,6 +41,10 @@ QUERY_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5
 #: Events fetched per round trip when streaming a channel.
 PAGE_SIZE = 1000
+#: Group commit: at most this many transactions of appends in flight per
+#: process, and at most this many events in one of them.
+MAX_FLUSHES_IN_FLIGHT = 2
+MAX_GROUP_EVENTS = 5000
 
 T = TypeVar("T")
 
@@ -97,6 +102,23 @@ MIGRATIONS: list[str] = [
           FROM json_array_elements(p_payloads) WITH ORDINALITY AS p(value, ord);
         PERFORM pg_notify('eventbus', p_context || '/' || p_channel || '/' || top);
         RETURN QUERY SELECT top - n + 1, extract(epoch FROM t)::float8;
+    END
+    $$;
+    """,
+    # 2: group commit -- several appends (any channels) in one statement and
+    # one transaction, applied in array order.
+    """
+    CREATE FUNCTION eventbus_append_many(p_contexts text[], p_channels text[],
+                                         p_issuers text[], p_payloads text[])
+    RETURNS TABLE (ord int, first_id bigint, ts float8)
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        FOR i IN 1 .. coalesce(array_length(p_contexts, 1), 0) LOOP
+            RETURN QUERY
+                SELECT i, a.first_id, a.ts
+                  FROM eventbus_append(p_contexts[i], p_channels[i], p_issuers[i],
+                                       p_payloads[i]::json) AS a;
+        END LOOP;
     END
     $$;
     """,
@@ -182,6 +204,9 @@ class Store:
         self.pool_size = pool_size
         self.timeout = timeout
         self._pool: Optional[_Pool] = None
+        self._queue: deque[_Append] = deque()
+        self._queued_events = 0
+        self._flushing = 0
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
@@ -223,17 +248,62 @@ class Store:
 
     # -- writes -------------------------------------------------------------
     async def append(self, context: str, channel: str, issuer: str,
-                     payloads_json: str) -> tuple[int, float]:
-        """Append the payloads of a JSON array text; return (first id, timestamp).
+                     payloads_json: str, count: int = 1) -> tuple[int, float]:
+        """Append the ``count`` payloads of a JSON array text, atomically and
+        in order; return (first id, timestamp).
 
-        Resolves only after the transaction has committed.
+        Group commit: appends that arrive while transactions are in flight
+        are queued and written together by the next one (one commit, one
+        fsync).  Resolves only after the transaction holding this append
+        has committed.
         """
-        rows = await self._query(
-            "SELECT * FROM eventbus_append(%s, %s, %s, %s::json)",
-            (context, channel, issuer, payloads_json),
-        )
-        first_id, ts = rows[0]
-        return first_id, ts
+        item = _Append(context, channel, issuer, payloads_json, count)
+        self._queue.append(item)
+        self._queued_events += count
+        if self._flushing < MAX_FLUSHES_IN_FLIGHT:
+            self._flush()
+        return await self._call(item.result)
+
+    def _flush(self) -> None:
+        """Write queued appends in one transaction, then flush again if more came."""
+        group: list[_Append] = []
+        events = 0
+        while self._queue and (not group or events + self._queue[0].count <= MAX_GROUP_EVENTS):
+            item = self._queue.popleft()
+            group.append(item)
+            events += item.count
+        self._queued_events -= events
+        # Lock channel rows in one global order so concurrent groups (in this
+        # or other processes) cannot deadlock; sorted() is stable, so appends
+        # to one channel keep their arrival order.
+        group = sorted(group, key=lambda a: (a.context, a.channel))
+        self._flushing += 1
+        d = defer.ensureDeferred(self._write_group(group))
+        d.addBoth(self._flushed)
+
+    def _flushed(self, _: Any) -> None:
+        self._flushing -= 1
+        if self._queue and self._flushing < MAX_FLUSHES_IN_FLIGHT:
+            self._flush()
+
+    async def _write_group(self, group: list["_Append"]) -> None:
+        try:
+            rows = await self._pool_or_fail().runQuery(
+                "SELECT ord, first_id, ts FROM eventbus_append_many(%s, %s, %s, %s)",
+                ([a.context for a in group], [a.channel for a in group],
+                 [a.issuer for a in group], [a.payloads for a in group]),
+            )
+        except Exception as e:
+            if len(group) > 1 and not _is_outage(e):
+                # One bad append must not fail its neighbours: isolate it.
+                for item in group:
+                    await self._write_group([item])
+                return
+            for item in group:
+                item.fail(e)
+            return
+        for ord_, first_id, ts in rows:
+            group[ord_ - 1].succeed((first_id, ts))
 
     # -- reads --------------------------------------------------------------
     async def ping(self) -> None:
@@ -325,10 +395,44 @@ class Store:
         """
         try:
             return await _within(self.reactor, d, timeout or self.timeout)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError,
-                reconnection.ConnectionDead, txpostgres.RollbackFailed) as e:
+        except Unavailable:
+            raise
+        except Exception as e:
+            if not _is_outage(e):
+                raise
             log.warn("database unavailable: {error}", error=e)
             raise Unavailable("database unavailable") from None
+
+
+def _is_outage(e: BaseException) -> bool:
+    return isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError,
+                          reconnection.ConnectionDead, txpostgres.RollbackFailed,
+                          Unavailable))
+
+
+class _Append:
+    """One queued append waiting for its group's commit."""
+
+    __slots__ = ("context", "channel", "issuer", "payloads", "count", "result")
+
+    def __init__(self, context: str, channel: str, issuer: str, payloads: str,
+                 count: int) -> None:
+        self.context = context
+        self.channel = channel
+        self.issuer = issuer
+        self.payloads = payloads
+        self.count = count
+        # The requester may stop waiting (disconnect, timeout): firing is
+        # then skipped, but the append itself still goes through.
+        self.result: defer.Deferred = defer.Deferred(lambda d: None)
+
+    def succeed(self, value: tuple[int, float]) -> None:
+        if not self.result.called:
+            self.result.callback(value)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.result.called:
+            self.result.errback(Failure(error))
 
 
 def _within(reactor: IReactorTime, d: defer.Deferred, seconds: float) -> defer.Deferred:

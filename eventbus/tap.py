@@ -6,7 +6,7 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.python import usage
 
-from eventbus.api import EventBusAPI
+from eventbus.api import DEFAULT_MAX_BATCH, EventBusAPI
 from eventbus.notifier import Listener, Notifier
 from eventbus.service import (
     DatabaseService,
@@ -30,6 +30,7 @@ class Options(usage.Options):
         ["data-dir", None, "./eventbus-data", "Where the embedded PostgreSQL keeps its data."],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body, in bytes.", int],
         ["pool-size", None, 8, "Database connections per process.", int],
+        ["max-batch", None, DEFAULT_MAX_BATCH, "Most events in one batch publish.", int],
     ]
 
     def __init__(self) -> None:
@@ -45,6 +46,8 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         if self["max-body"] < 1:
             raise usage.UsageError("--max-body must be a positive number of bytes")
+        if self["max-batch"] < 1:
+            raise usage.UsageError("--max-batch must be at least 1")
         if self["pool-size"] < 1:
             raise usage.UsageError("--pool-size must be at least 1")
 
@@ -66,7 +69,7 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
         EmbeddedPostgresService(options["data-dir"], use_dsn).setServiceParent(root)
     DatabaseService(store, reactor).setServiceParent(root)
     ListenerService(listener).setServiceParent(root)
-    api = EventBusAPI(store, notifier, reactor)
+    api = EventBusAPI(store, notifier, reactor, max_batch=options["max-batch"])
     site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(root)
