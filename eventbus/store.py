@@ -37,7 +37,7 @@ log = Logger()
 
 NOTIFY_CHANNEL = "eventbus"
 #: How long a request may wait for the database before it gets a 503.
-QUERY_TIMEOUT_S = 10.0
+QUERY_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5
 #: Events fetched per round trip when streaming a channel.
 PAGE_SIZE = 1000

@@ -91,7 +91,8 @@ async def test_peek_returns_next_event_and_zero_timeout_answers_204_at_once(serv
     started = time.monotonic()
     r = await get(server.url(f"/events/{CTX}/{channel_name}?peek=2&timeout=0"))
     assert r.code == 204 and r.body == b""
-    assert time.monotonic() - started < 2
+    # Not a speed target: it must not wait out the default 25 s timeout.
+    assert time.monotonic() - started < 20
 
 
 @pytest_twisted.ensureDeferred
@@ -110,6 +111,7 @@ async def test_long_poll_times_out_with_204(server, channel_name):
     started = time.monotonic()
     r = await get(server.url(f"/events/{CTX}/{channel_name}?peek=0&timeout=0.5"))
     assert r.code == 204
+    # Held open until the timeout (a lower bound, so load cannot flake it).
     assert time.monotonic() - started >= 0.45
 
 
