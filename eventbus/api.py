@@ -53,6 +53,7 @@ JSON = b"application/json"
 _UINT = re.compile(r"[0-9]{1,19}\Z")
 _UDECIMAL = re.compile(r"[0-9]{1,19}(\.[0-9]{1,9})?\Z")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_PLUS_OFFSET = re.compile(r"\A(.*\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d(?::?\d\d)?)\Z")
 
 
 class EventBusAPI:
@@ -292,6 +293,8 @@ def _start_param(value: str) -> dt.datetime:
         if micros > MAX_START_S * 1_000_000:
             raise BadRequest(f"start is out of range: {value[:40]!r}")
         return _EPOCH + dt.timedelta(microseconds=micros)
+    # An unencoded "+01:00" offset arrives as " 01:00" (form decoding).
+    value = _PLUS_OFFSET.sub(r"\1+\2", value)
     try:
         instant = dt.datetime.fromisoformat(value)
     except ValueError:

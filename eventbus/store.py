@@ -400,7 +400,7 @@ class Store:
         except Exception as e:
             if not _is_outage(e):
                 raise
-            log.warn("database unavailable: {error}", error=e)
+            log.warn("database unavailable: {error!r}", error=e)
             raise Unavailable("database unavailable") from None
 
 

@@ -76,6 +76,13 @@ async def test_start_selects_events_from_a_timestamp_numeric_or_iso(server, chan
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first["timestamp"] - 10))
     r = await get(server.url(f"/events/{CTX}/{channel_name}?start={iso}"))
     assert [e["id"] for e in r.json()] == [1, 2]
+    # An offset with an unencoded "+" (decoded as a space) still means +hh:mm.
+    local = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts + 3600 + 1))
+    r = await get(server.url(f"/events/{CTX}/{channel_name}?start={local}+01:00"))
+    assert r.code == 200 and r.json() == []
+    local = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(first["timestamp"] + 3600 - 5))
+    r = await get(server.url(f"/events/{CTX}/{channel_name}?start={local}+01:00"))
+    assert [e["id"] for e in r.json()] == [1, 2]
     r = await get(server.url(f"/events/{CTX}/{channel_name}?start={int(ts) + 3600}"))
     assert r.code == 200 and r.json() == []
 
