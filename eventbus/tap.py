@@ -1,6 +1,7 @@
 """twistd plugin options and ``makeService`` (the dropin only points here)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.application import service, strports
@@ -15,6 +16,7 @@ from eventbus.service import (
     SequentialService,
 )
 from eventbus.site import DEFAULT_MAX_BODY, EventBusSite
+from eventbus.sse import DEFAULT_HEARTBEAT_S
 from eventbus.store import Store
 
 DEFAULT_LISTEN = "tcp:33002"
@@ -30,6 +32,8 @@ class Options(usage.Options):
         ["data-dir", None, "./eventbus-data", "Where the embedded PostgreSQL keeps its data."],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body, in bytes.", int],
         ["pool-size", None, 8, "Database connections per process.", int],
+        ["heartbeat", None, DEFAULT_HEARTBEAT_S,
+         "Seconds of silence after which an SSE stream gets a keep-alive comment.", float],
     ]
 
     def __init__(self) -> None:
@@ -47,6 +51,8 @@ class Options(usage.Options):
             raise usage.UsageError("--max-body must be a positive number of bytes")
         if self["pool-size"] < 1:
             raise usage.UsageError("--pool-size must be at least 1")
+        if not (math.isfinite(self["heartbeat"]) and self["heartbeat"] > 0):
+            raise usage.UsageError("--heartbeat must be a positive number of seconds")
 
 
 def makeService(options: Any, reactor: Any = None) -> service.IService:
@@ -66,7 +72,7 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
         EmbeddedPostgresService(options["data-dir"], use_dsn).setServiceParent(root)
     DatabaseService(store, reactor).setServiceParent(root)
     ListenerService(listener).setServiceParent(root)
-    api = EventBusAPI(store, notifier, reactor)
+    api = EventBusAPI(store, notifier, reactor, heartbeat=options["heartbeat"])
     site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(root)
