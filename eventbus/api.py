@@ -39,6 +39,7 @@ from eventbus.model import (
     split_array,
 )
 from eventbus.notifier import Notifier
+from eventbus.sse import DEFAULT_HEARTBEAT_S, EventStreams
 from eventbus.store import PAGE_SIZE, Store
 
 log = Logger()
@@ -62,11 +63,13 @@ class EventBusAPI:
     app = Klein()
 
     def __init__(self, store: Store, notifier: Notifier, reactor: IReactorTime,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH,
+                 heartbeat: float = DEFAULT_HEARTBEAT_S) -> None:
         self.store = store
         self.notifier = notifier
         self.reactor = reactor
         self.max_batch = max_batch
+        self.streams = EventStreams(store, notifier, reactor, heartbeat)
 
     def resource(self) -> Resource:
         return _Utf8PathGuard(self.app.resource())
@@ -132,6 +135,20 @@ class EventBusAPI:
         start = _start_param(params["start"]) if "start" in params else None
         await self._stream(request, context, channel, start, limit)
         return None
+
+    @app.route("/events/<context>/<channel>/stream", methods=["GET"])
+    async def stream(self, request: IRequest, context: str, channel: str) -> None:
+        """Server-Sent Events; werkzeug ranks this static segment above <event_id>."""
+        check_name("context", context)
+        check_name("channel", channel)
+        params = _query(request)
+        after = None
+        if "after" in params:
+            after = _int_param("after", params["after"], 0, MAX_ID)
+        last_event_id = _last_event_id(request)
+        if last_event_id is not None:
+            after = last_event_id  # a reconnect resumes where it stopped
+        await self.streams.serve(request, context, channel, after)
 
     @app.route("/events/<context>/<channel>/<event_id>", methods=["GET"])
     async def one(self, request: IRequest, context: str, channel: str,
@@ -251,6 +268,16 @@ def _issuer_header(request: IRequest) -> Optional[bytes]:
         if values:
             return values[0]
     return None
+
+
+def _last_event_id(request: IRequest) -> Optional[int]:
+    """The ``Last-Event-ID`` header an SSE client sends when it reconnects."""
+    values = request.requestHeaders.getRawHeaders(b"Last-Event-ID")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest("Last-Event-ID header given more than once")
+    return _int_param("Last-Event-ID", values[0].decode("latin-1").strip(), 0, MAX_ID)
 
 
 def _query(request: IRequest) -> dict[str, str]:

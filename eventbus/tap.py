@@ -1,6 +1,7 @@
 """twistd plugin options and ``makeService`` (the dropin only points here)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.application import service, strports
@@ -15,6 +16,7 @@ from eventbus.service import (
     SequentialService,
 )
 from eventbus.site import DEFAULT_MAX_BODY, EventBusSite
+from eventbus.sse import DEFAULT_HEARTBEAT_S
 from eventbus.store import Store
 
 DEFAULT_LISTEN = "tcp:33002"
@@ -31,6 +33,8 @@ class Options(usage.Options):
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body, in bytes.", int],
         ["pool-size", None, 8, "Database connections per process.", int],
         ["max-batch", None, DEFAULT_MAX_BATCH, "Most events in one batch publish.", int],
+        ["heartbeat", None, DEFAULT_HEARTBEAT_S,
+         "Seconds of silence after which an SSE stream gets a keep-alive comment.", float],
     ]
 
     def __init__(self) -> None:
@@ -50,6 +54,8 @@ class Options(usage.Options):
             raise usage.UsageError("--max-batch must be at least 1")
         if self["pool-size"] < 1:
             raise usage.UsageError("--pool-size must be at least 1")
+        if not (math.isfinite(self["heartbeat"]) and self["heartbeat"] > 0):
+            raise usage.UsageError("--heartbeat must be a positive number of seconds")
 
 
 def makeService(options: Any, reactor: Any = None) -> service.IService:
@@ -69,7 +75,8 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
         EmbeddedPostgresService(options["data-dir"], use_dsn).setServiceParent(root)
     DatabaseService(store, reactor).setServiceParent(root)
     ListenerService(listener).setServiceParent(root)
-    api = EventBusAPI(store, notifier, reactor, max_batch=options["max-batch"])
+    api = EventBusAPI(store, notifier, reactor, max_batch=options["max-batch"],
+                      heartbeat=options["heartbeat"])
     site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(root)

@@ -1,0 +1,254 @@
+"""Server-Sent Events: a channel followed live over one long response.
+
+One :class:`EventStreams` per server owns the SSE framing and the loop that
+feeds each open stream.  The route in :mod:`eventbus.api` parses the request
+and hands over here; this module never speaks SQL (it reads through the store)
+and never wakes anyone (it waits through the notifier).
+
+The loop of one stream:
+
+* read the events after the cursor from the store, a page at a time, and only
+  once the client has drained what it was sent (a push producer registered on
+  the request is paused by the transport when its buffer fills), so a slow
+  client costs at most one page of memory and nothing is dropped: the
+  database is the buffer;
+* when a page comes back short the stream has caught up: wait in the notifier
+  for the event after the cursor, at most ``heartbeat`` seconds; a timeout
+  writes a keep-alive comment, an event is written and paging resumes after
+  it (so a burst is read in pages, not event by event).
+
+A client that disconnects cancels the handler (Klein wires ``notifyFinish``
+to ``cancel``): the cancellation reaches whichever Deferred the loop awaits
+(a notifier waiter, whose canceller drops it and its timer; a store read; a
+retry timer; the producer's pause), and the ``finally`` unregisters the
+producer.  Nothing else is held per stream.
+
+Database outages: opening a stream reads the store before the ``200`` is
+sent, so an outage then is a ``503`` like on every endpoint.  Once the stream
+is open, an outage does not end it: the read is retried every
+:data:`OUTAGE_RETRY_S` seconds, keep-alive comments continue, and the stream
+carries on from its cursor when the database is back.  (Ending it would only
+make every client reconnect at once into the same outage.)
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from eventbus.errors import Unavailable
+from eventbus.model import MAX_ID, Event, render_event
+from eventbus.notifier import Notifier
+from eventbus.store import Store
+
+log = Logger()
+
+#: Seconds of silence after which a keep-alive comment is sent (--heartbeat).
+DEFAULT_HEARTBEAT_S = 15.0
+#: Events per store read.  Smaller than the history endpoint's page: an SSE
+#: stream is long-lived and a slow one holds up to a page in memory, so this
+#: bounds what many slow clients cost (100 events of 10 KB: 1 MB each).
+PAGE_EVENTS = 100
+#: Delay between retries of a store read while the database is unavailable.
+OUTAGE_RETRY_S = 1.0
+
+CONTENT_TYPE = b"text/event-stream"
+#: Sent first, so the status line and headers leave at once (EventSource's
+#: ``open``, ``curl -N``) even on a quiet channel; a comment, not a message.
+OPENING = b": connected\n\n"
+HEARTBEAT = b": keepalive\n\n"
+
+T = TypeVar("T")
+
+
+def frame(context: str, channel: str, event: Event) -> bytes:
+    """One SSE message for an event: ``id``, ``event`` and ``data`` lines.
+
+    The payload is kept as published, so the JSON may contain line breaks
+    (only as whitespace between tokens: JSON strings cannot hold raw control
+    characters).  SSE ends a field at CR, LF or CRLF, so each line becomes its
+    own ``data:`` field; the client joins them with LF, which is the same
+    JSON value.
+    """
+    body = render_event(context, channel, event)
+    if b"\n" in body or b"\r" in body:
+        data = b"".join(b"data: " + line + b"\n" for line in body.splitlines())
+    else:
+        data = b"data: " + body + b"\n"
+    return b"id: %d\nevent: event\n%s\n" % (event.id, data)
+
+
+@implementer(IPushProducer)
+class Pacer:
+    """Push producer registered on a stream's request.
+
+    The transport pauses it when its write buffer fills and resumes it when
+    the buffer is empty again; the stream loop awaits :meth:`ready` before
+    every store read, so it reads as fast as the client reads and no faster.
+    """
+
+    def __init__(self) -> None:
+        self._paused: Optional[defer.Deferred] = None
+        self.stopped = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused is not None
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None and not self.stopped:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        # The connection is gone.  The transport tells us just before the
+        # request learns it, in the same call, and the request's
+        # notifyFinish then cancels the handler; resuming here would only run
+        # the loop once more against a dead connection.
+        self.stopped = True
+
+    def ready(self) -> defer.Deferred:
+        """Fires when the client has drained what it was sent.
+
+        Once stopped, never fires: the handler is being cancelled.
+        """
+        if self.stopped:
+            return defer.Deferred()
+        if self._paused is not None:
+            return self._paused
+        return defer.succeed(None)
+
+
+class EventStreams:
+    """Serves every SSE stream of one server process."""
+
+    def __init__(self, store: Store, notifier: Notifier, reactor: IReactorTime,
+                 heartbeat: float = DEFAULT_HEARTBEAT_S) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.reactor = reactor
+        self.heartbeat = heartbeat
+        self._open: set[_Stream] = set()
+
+    def open_streams(self) -> int:
+        """Number of streams currently being served (for tests and health)."""
+        return len(self._open)
+
+    def paused_streams(self) -> int:
+        """Streams held back by their client (for tests)."""
+        return sum(1 for s in self._open if s.pacer.paused)
+
+    async def serve(self, request: IRequest, context: str, channel: str,
+                    after: Optional[int]) -> None:
+        """Stream the channel's events with id > ``after`` (None: from its head).
+
+        Runs until the client disconnects.  Errors before the first byte
+        (an outage: 503) propagate to the API's error rendering.
+        """
+        if after is None:
+            # Only what is published from now on; the notifier wait that
+            # follows catches anything committed since this read.
+            after = await self.store.head(context, channel)
+            first: list[Event] = []
+        else:
+            first = await self.store.page(context, channel, after, MAX_ID + 1, PAGE_EVENTS)
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        if request.method == b"HEAD":
+            return
+        stream = _Stream(self, request, context, channel, after)
+        self._open.add(stream)
+        request.registerProducer(stream.pacer, True)
+        try:
+            stream.write(OPENING)
+            await stream.run(first)
+        except defer.CancelledError:
+            raise
+        except Exception:
+            # The 200 is out, so no error response is possible: cut the
+            # connection; the client reconnects with Last-Event-ID.
+            log.failure("SSE stream of {context}/{channel} failed; closing it",
+                        context=context, channel=channel)
+            if request.channel is not None:
+                request.unregisterProducer()
+                request.channel.transport.abortConnection()
+                await request.notifyFinish()
+        finally:
+            self._open.discard(stream)
+            # After a disconnect the request has no channel left to tell.
+            if request.producer is not None and request.channel is not None:
+                request.unregisterProducer()
+
+
+class _Stream:
+    """The state of one open stream: where it is, and when it last wrote."""
+
+    def __init__(self, streams: EventStreams, request: IRequest, context: str,
+                 channel: str, cursor: int) -> None:
+        self.streams = streams
+        self.request = request
+        self.context = context
+        self.channel = channel
+        self.cursor = cursor
+        self.pacer = Pacer()
+        self.last_write = streams.reactor.seconds()
+
+    def write(self, data: bytes) -> None:
+        self.request.write(data)
+        self.last_write = self.streams.reactor.seconds()
+
+    def write_events(self, events: list[Event]) -> None:
+        self.write(b"".join(frame(self.context, self.channel, e) for e in events))
+        self.cursor = events[-1].id
+
+    async def run(self, page: list[Event]) -> None:
+        store, notifier = self.streams.store, self.streams.notifier
+        ctx, chan = self.context, self.channel
+        while True:
+            more = len(page) == PAGE_EVENTS
+            if page:
+                self.write_events(page)
+            await self.pacer.ready()
+            if not more:
+                # Caught up (as of that read): wait for the next event.
+                event = await self._retrying(
+                    notifier.wait, ctx, chan, self.cursor, self.streams.heartbeat)
+                if event is None:
+                    self.write(HEARTBEAT)
+                    page = []
+                    continue
+                self.write_events([event])
+                await self.pacer.ready()
+            page = await self._retrying(store.page, ctx, chan, self.cursor,
+                                        MAX_ID + 1, PAGE_EVENTS)
+
+    async def _retrying(self, read: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await read(*args)``, retried through database outages."""
+        reactor = self.streams.reactor
+        failed = False
+        while True:
+            try:
+                result = await read(*args)
+            except Unavailable as e:
+                if not failed:
+                    log.warn("SSE stream of {context}/{channel} waits for the database:"
+                             " {error}", context=self.context, channel=self.channel,
+                             error=e.message)
+                failed = True
+            else:
+                if failed:
+                    log.info("SSE stream of {context}/{channel} resumes",
+                             context=self.context, channel=self.channel)
+                return result
+            if reactor.seconds() - self.last_write >= self.streams.heartbeat:
+                self.write(HEARTBEAT)
+            await task.deferLater(reactor, OUTAGE_RETRY_S, lambda: None)
