@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 60.0
 
 
+def vm_rss_kb(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

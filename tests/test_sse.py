@@ -25,7 +25,7 @@ from eventbus.site import EventBusSite
 from eventbus.store import Store
 from eventbus.tap import Options
 from tests.client import get, publish, request
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, vm_rss_kb
 from tests.sse_client import SSEClient, open_stream, sleep, stream_request, until
 
 CTX = "ctx"
@@ -213,13 +213,6 @@ SLOW_PAYLOAD_BYTES = 10_000
 SLOW_BATCH = 500
 #: How much the server may grow while a non-reading client falls ~60 MB behind.
 MAX_GROWTH_KB = 40 * 1024
-
-
-def vm_rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def read_until(sock: socket.socket, marker: bytes, limit_s: float = 120.0) -> bytes:
