@@ -91,9 +91,9 @@ class EventBusAPI:
         if not isinstance(value, dict):
             raise BadRequest("the payload must be a JSON object (or an array of objects)")
         first_id, ts = await self.store.append(context, channel, issuer, f"[{text}]")
-        self.notifier.notify(context, channel, first_id)
-        request.setHeader(b"Location", f"/events/{context}/{channel}/{first_id}".encode())
         event = Event(first_id, ts, issuer, text)
+        self.notifier.published(context, channel, [event])
+        request.setHeader(b"Location", f"/events/{context}/{channel}/{first_id}".encode())
         return _body(request, render_event(context, channel, event), 201)
 
     async def _publish_batch(self, request: IRequest, context: str, channel: str,
@@ -109,12 +109,9 @@ class EventBusAPI:
                 raise BadRequest(f"batch element {i} is not a JSON object")
         payloads = split_array(text)
         first_id, ts = await self.store.append(context, channel, issuer, text, len(payloads))
-        last_id = first_id + len(payloads) - 1
-        self.notifier.notify(context, channel, last_id)
-        body = b"[" + b",".join(
-            render_event(context, channel, Event(first_id + i, ts, issuer, payload))
-            for i, payload in enumerate(payloads)
-        ) + b"]"
+        events = [Event(first_id + i, ts, issuer, payload) for i, payload in enumerate(payloads)]
+        self.notifier.published(context, channel, events)
+        body = b"[" + b",".join(render_event(context, channel, e) for e in events) + b"]"
         return _body(request, body, 201)
 
     @app.route("/events/<context>/<channel>", methods=["GET"])
@@ -166,7 +163,8 @@ class EventBusAPI:
     async def _peek(self, request: IRequest, context: str, channel: str,
                     cursor: int, timeout: float) -> bytes:
         if timeout == 0:
-            event = await self.store.first_after(context, channel, cursor)
+            recent = self.notifier.recent(context, channel, cursor, 1)
+            event = recent[0] if recent else await self.store.first_after(context, channel, cursor)
         else:
             event = await self.notifier.wait(context, channel, cursor, timeout)
         if event is None:

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from eventbus.errors import Unavailable
 from eventbus.model import MAX_ID, Event
 from eventbus.store import NOTIFY_CHANNEL, Store, connect_kwargs, make_connection
+from eventbus.tail import TAIL_EVENTS, TailCache
 
 log = Logger()
 
@@ -66,21 +67,37 @@ class Notifier:
         self.store = store
         self._channels: dict[ChannelKey, _Channel] = {}
         self._watchers: dict[tuple[str, Optional[str]], set[Watcher]] = {}
+        self.tail = TailCache()
 
     # -- waiting ------------------------------------------------------------
     async def wait(self, context: str, channel: str, cursor: int,
                    timeout: float) -> Optional[Event]:
         """The first event with id > cursor, or None after ``timeout`` seconds."""
         key = (context, channel)
+        cached = self.tail.get(key, cursor + 1)
+        if cached is not None:
+            return cached
         waiter = self._register(key, cursor, timeout)
         try:
             event = await self.store.first_after(context, channel, cursor)
         except BaseException:
             self._discard(key, waiter)
             raise
-        if event is not None and not waiter.deferred.called:
-            self._fire(key, waiter, event)
+        if event is not None:
+            self.tail.add(key, [event])
+            if not waiter.deferred.called:
+                self._fire(key, waiter, event)
         return await waiter.deferred
+
+    def recent(self, context: str, channel: str, cursor: int, limit: int) -> list[Event]:
+        """Events after ``cursor`` that are in memory already (may be empty)."""
+        return self.tail.after((context, channel), cursor, limit)
+
+    def published(self, context: str, channel: str, events: list[Event]) -> None:
+        """This process committed ``events``: remember them and wake their channel
+        (other processes hear of them through NOTIFY)."""
+        self.tail.add((context, channel), events)
+        self.notify(context, channel, events[-1].id)
 
     def waiting(self) -> int:
         """Number of requests currently held open (for tests and health)."""
@@ -176,16 +193,26 @@ class Notifier:
             while ch.pending:
                 head, ch.pending = ch.pending, 0
                 wanted = {w.cursor + 1 for w in ch.waiters if w.cursor < head}
-                if not wanted:
-                    continue
-                try:
-                    found = await self.store.events_by_id(key[0], key[1], wanted)
-                except Unavailable:
-                    log.warn("wake-up read of {key} failed; retrying", key=key)
-                    self.reactor.callLater(WAKE_RETRY_S, self._wake, key[0], key[1], head)
-                    return
+                missing = {i for i in wanted if self.tail.get(key, i) is None}
+                if missing:
+                    # One read for the whole channel; with a known head it
+                    # also fetches what follows, for the consumers (SSE
+                    # streams, peek chains) that will ask for it next.
+                    ids = set(missing)
+                    low = min(missing)
+                    if head <= MAX_ID:
+                        ids.update(range(low, min(head, low + TAIL_EVENTS - 1) + 1))
+                    try:
+                        found = await self.store.events_by_id(key[0], key[1], ids)
+                    except Unavailable:
+                        log.warn("wake-up read of {key} failed; retrying", key=key)
+                        self.reactor.callLater(WAKE_RETRY_S, self._wake, key[0], key[1], head)
+                        return
+                    self.tail.add(key, found.values())
+                else:
+                    found = {}
                 for waiter in list(ch.waiters):
-                    event = found.get(waiter.cursor + 1)
+                    event = found.get(waiter.cursor + 1) or self.tail.get(key, waiter.cursor + 1)
                     if event is not None:
                         self._fire(key, waiter, event)
         except Exception:

@@ -214,22 +214,29 @@ class _Stream:
         store, notifier = self.streams.store, self.streams.notifier
         ctx, chan = self.context, self.channel
         while True:
-            more = len(page) == PAGE_EVENTS
+            behind = len(page) == PAGE_EVENTS
             if page:
                 self.write_events(page)
             await self.pacer.ready()
-            if not more:
-                # Caught up (as of that read): wait for the next event.
-                event = await self._retrying(
-                    notifier.wait, ctx, chan, self.cursor, self.streams.heartbeat)
-                if event is None:
-                    self.write(HEARTBEAT)
-                    page = []
-                    continue
-                self.write_events([event])
-                await self.pacer.ready()
-            page = await self._retrying(store.page, ctx, chan, self.cursor,
-                                        MAX_ID + 1, PAGE_EVENTS)
+            if behind:
+                # A full page: more is waiting in the database.
+                page = await self._retrying(store.page, ctx, chan, self.cursor,
+                                            MAX_ID + 1, PAGE_EVENTS)
+                continue
+            # Near the head: what the notifier already holds in memory (one
+            # read or one publish serves every stream), else wait for the
+            # next event; the wait reads the store itself first, so an event
+            # the memory does not hold is never skipped.
+            page = notifier.recent(ctx, chan, self.cursor, PAGE_EVENTS)
+            if page:
+                continue
+            event = await self._retrying(
+                notifier.wait, ctx, chan, self.cursor, self.streams.heartbeat)
+            if event is None:
+                self.write(HEARTBEAT)
+                page = []
+            else:
+                page = [event]
 
     async def _retrying(self, read: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await read(*args)``, retried through database outages."""

@@ -45,6 +45,13 @@ class RecordingNotifier:
     def notify(self, *args: Any) -> None:
         self.calls.append(("notify", args))
 
+    def published(self, *args: Any) -> None:
+        self.calls.append(("published", args))
+
+    def recent(self, *args: Any) -> list:
+        self.calls.append(("recent", args))
+        return []
+
     async def wait(self, *args: Any) -> None:
         self.calls.append(("wait", args))
         return None
@@ -164,7 +171,8 @@ def test_valid_publish_reaches_the_store_and_the_notifier():
     code, headers, body = bus.call("POST", BASE, headers=ISSUER, data=b' {"a": 1} ')
     assert code == 201, body
     assert bus.store.calls == [("append", ("ctx", "ch", "unit", '[{"a": 1}]'))]
-    assert bus.notifier.calls == [("notify", ("ctx", "ch", 1))]
+    [(name, (ctx, ch, events))] = bus.notifier.calls
+    assert (name, ctx, ch, [e.id for e in events]) == ("published", "ctx", "ch", [1])
     assert headers.getRawHeaders("Location") == ["/events/ctx/ch/1"]
 
 
@@ -172,6 +180,9 @@ def test_valid_peeks_reach_the_store_or_the_notifier():
     bus = Bus()
     assert bus.call("GET", f"{BASE}?peek=3&timeout=0")[0] == 204
     assert bus.store.calls == [("first_after", ("ctx", "ch", 3))]
+    # timeout=0 first looks for the event in the notifier's memory.
+    assert bus.notifier.calls == [("recent", ("ctx", "ch", 3, 1))]
+    bus.notifier.calls.clear()
     assert bus.call("GET", f"{BASE}?peek=3")[0] == 204
     assert bus.notifier.calls == [("wait", ("ctx", "ch", 3, DEFAULT_PEEK_TIMEOUT_S))]
 

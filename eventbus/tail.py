@@ -1,0 +1,103 @@
+"""The most recent events of busy channels, kept in memory.
+
+Events are immutable once committed, so a cached event is never stale: the
+cache can only miss, never lie.  It lets one database read (or the publish
+itself, in the publishing process) answer every waiter and every SSE stream
+at the head of a channel, instead of one query per consumer per event.
+
+Each channel keeps a contiguous run of ids ``first..last``; the number of
+channels, the events per channel and the payload bytes overall are bounded,
+evicting the least recently used channels first.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable, Optional
+
+from eventbus.model import Event
+
+TAIL_EVENTS = 256
+TAIL_CHANNELS = 4096
+TAIL_BYTES = 32 * 1024 * 1024
+
+ChannelKey = tuple[str, str]
+
+
+class _Run:
+    __slots__ = ("first", "events", "size")
+
+    def __init__(self) -> None:
+        self.first = 0
+        self.events: list[Event] = []
+        self.size = 0
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.events) - 1
+
+
+class TailCache:
+    """Recent contiguous events per channel, bounded in count and bytes."""
+
+    def __init__(self, per_channel: int = TAIL_EVENTS, channels: int = TAIL_CHANNELS,
+                 max_bytes: int = TAIL_BYTES) -> None:
+        self.per_channel = per_channel
+        self.channels = channels
+        self.max_bytes = max_bytes
+        self._runs: OrderedDict[ChannelKey, _Run] = OrderedDict()
+        self._bytes = 0
+
+    def add(self, key: ChannelKey, events: Iterable[Event]) -> None:
+        """Remember committed events (any order; a gap past the run starts a
+        new run, and events older than the run are ignored)."""
+        for event in sorted(events, key=lambda e: e.id):
+            self._add_one(key, event)
+        self._evict()
+
+    def get(self, key: ChannelKey, event_id: int) -> Optional[Event]:
+        run = self._runs.get(key)
+        if run is None or not run.first <= event_id <= run.last:
+            return None
+        self._runs.move_to_end(key)
+        return run.events[event_id - run.first]
+
+    def after(self, key: ChannelKey, cursor: int, limit: int) -> list[Event]:
+        """Cached events cursor+1, cursor+2, ... (at most ``limit``), in order."""
+        run = self._runs.get(key)
+        if run is None or not run.first <= cursor + 1 <= run.last:
+            return []
+        self._runs.move_to_end(key)
+        start = cursor + 1 - run.first
+        return run.events[start:start + limit]
+
+    def _add_one(self, key: ChannelKey, event: Event) -> None:
+        run = self._runs.get(key)
+        if run is None:
+            run = self._runs[key] = _Run()
+        elif run.events and event.id <= run.last:
+            return  # known, or older than the run: the head is worth more
+        if not run.events or event.id != run.last + 1:
+            self._bytes -= run.size
+            run.first, run.events, run.size = event.id, [], 0
+        run.events.append(event)
+        weight = _weight(event)
+        run.size += weight
+        self._bytes += weight
+        while len(run.events) > self.per_channel:
+            self._drop_first(run)
+        self._runs.move_to_end(key)
+
+    def _drop_first(self, run: _Run) -> None:
+        weight = _weight(run.events.pop(0))
+        run.first += 1
+        run.size -= weight
+        self._bytes -= weight
+
+    def _evict(self) -> None:
+        while self._runs and (len(self._runs) > self.channels or self._bytes > self.max_bytes):
+            _, run = self._runs.popitem(last=False)
+            self._bytes -= run.size
+
+
+def _weight(event: Event) -> int:
+    return len(event.payload) + len(event.issuer) + 64
