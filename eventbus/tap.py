@@ -7,6 +7,8 @@ from twisted.application import service, strports
 from twisted.python import usage
 
 from eventbus.api import EventBusAPI
+from eventbus.consumers import Consumers
+from eventbus.consumerstore import ConsumerStore
 from eventbus.notifier import Listener, Notifier
 from eventbus.service import (
     DatabaseService,
@@ -66,7 +68,8 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
         EmbeddedPostgresService(options["data-dir"], use_dsn).setServiceParent(root)
     DatabaseService(store, reactor).setServiceParent(root)
     ListenerService(listener).setServiceParent(root)
-    api = EventBusAPI(store, notifier, reactor)
+    consumers = Consumers(reactor, ConsumerStore(store), notifier)
+    api = EventBusAPI(store, notifier, reactor, consumers=consumers)
     site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(root)
