@@ -7,16 +7,18 @@ database) and the waiting of ``next`` requests.
 Waking.  A ``next`` that finds nothing to lease waits for whichever comes
 first: a notification on its channel (through :meth:`Notifier.watch`), the
 moment the earliest lease expires or nack delay ends (a timer), or its own
-timeout.  Notifications come from publishes and from consumer state changes
-that make an event leasable (a nack, an ack in ordered mode, a dead-letter
-retry, a PUT); both are the notifier's usual ``<context>/<channel>/<head>``.
-As with peek, the waiter is registered *before* the leasing transaction
-reads, so nothing committed after that read goes unnoticed.
+timeout.  Publishes announce their new head; consumer state changes that
+make an event leasable (a nack, an ack in ordered mode, a dead-letter retry,
+a PUT) announce head 0.  As with peek, the waiter is registered *before* the
+leasing round reads, so nothing committed after that read goes unnoticed:
+announcements that arrive during the round are judged once it has read.
 
-A waiter that is *blocked* (ordered mode with an event in flight or a nacked
-event still delayed) could not lease a newly published event anyway, so it
-ignores announcements of new events (head above what it has seen) and only
-wakes for the others, for its timer, or after a LISTEN outage.
+Which announcements wake a waiter: head 0 and LISTEN outages always; a new
+event (head above the one the round read) only if the waiter is not
+*blocked*: in ordered mode with an event in flight or a nacked event still
+delayed, a new event could not be leased anyway, so a busy channel does not
+spin its standbys.  The echo of a publish this process already announced
+wakes nobody.
 """
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def parse_token(token: str) -> Optional[int]:
 class _Waiter:
     """One ``next`` request between two leasing rounds."""
 
-    __slots__ = ("deferred", "timer", "known_head", "blocked", "lowest_seen")
+    __slots__ = ("deferred", "timer", "known_head", "blocked", "signalled", "highest_seen")
 
     def __init__(self) -> None:
         self.deferred: defer.Deferred = defer.Deferred()
@@ -117,24 +119,23 @@ class _Waiter:
         #: Unknown until the leasing round has read the backlog.
         self.blocked: Optional[bool] = None
         self.known_head = 0
-        #: Lowest head announced during the round (-1: a LISTEN outage).
-        self.lowest_seen: Optional[int] = None
+        #: Announced during the round: a state change or outage; the highest head.
+        self.signalled = False
+        self.highest_seen = 0
 
     def announce(self, head: Optional[int]) -> None:
-        seen = -1 if head is None else head
-        if self.blocked is None:
-            self.lowest_seen = seen if self.lowest_seen is None else min(self.lowest_seen, seen)
-        elif self.blocked and seen > self.known_head:
-            self.known_head = seen  # a new event: not leasable while blocked
-        else:
+        """``head``: a publish's new head; 0 a consumer state change; None an outage."""
+        if self.blocked is None:  # the round is still reading: judge it afterwards
+            self.signalled = self.signalled or not head
+            self.highest_seen = max(self.highest_seen, head or 0)
+        elif not head or (not self.blocked and head > self.known_head):
             self.fire()
 
     def settle(self, backlog: Backlog) -> bool:
-        """Record the round's result; True if an announcement during it calls
-        for another round at once."""
+        """Record what the round read; True if what was announced meanwhile
+        calls for another round at once."""
         self.blocked, self.known_head = blocked(backlog), backlog.head
-        seen = self.lowest_seen
-        return seen is not None and (not self.blocked or seen <= self.known_head)
+        return self.signalled or (not self.blocked and self.highest_seen > self.known_head)
 
     def fire(self) -> None:
         if not self.deferred.called:

@@ -70,11 +70,11 @@ _HEAD = (
     " WHERE context = %(context)s AND channel = %(channel)s), 0)"
 )
 # Tells waiting ``next`` requests (in every process) that the consumer's
-# state changed.  The payload is the notifier's usual "<context>/<channel>/
-# <head>", with the channel's real head, so other watchers learn nothing false.
+# state changed.  It is the notifier's "<context>/<channel>/<head>" with head
+# 0: it announces no event (true for every watcher: "events up to 0 may
+# exist"), so a waiter tells it apart from a publish.
 _NOTIFY = (
-    f"pg_notify('{NOTIFY_CHANNEL}',"
-    f" %(context)s || '/' || %(channel)s || '/' || {_HEAD})"
+    f"pg_notify('{NOTIFY_CHANNEL}', %(context)s || '/' || %(channel)s || '/0')"
 )
 _EVENT_COLUMNS = "ev.id, extract(epoch FROM ev.ts)::float8, ev.issuer, ev.payload::text"
 

@@ -56,16 +56,39 @@ def test_a_blocked_waiter_ignores_new_events_but_wakes_for_a_state_change():
     notifier.notify(CTX, CH, 2)  # a publish: cannot be leased while blocked
     notifier.notify(CTX, CH, 3)
     assert store.rounds == 1 and not d.called
-    notifier.notify(CTX, CH, 3)  # an ack/nack announces the head already seen
+    notifier.on_notification(f"{CTX}/{CH}/0")  # an ack, nack, retry or PUT
     assert store.rounds == 2
     assert d.result.event.id == 2
     assert consumers.waiting() == 0 and not notifier._watchers
 
 
-def test_a_caught_up_waiter_wakes_for_a_publish():
+def test_a_caught_up_waiter_wakes_for_a_publish_but_not_for_an_echo():
     clock, notifier, store, consumers, d = start(nothing(head=1), leased())
+    notifier.notify(CTX, CH, 1)  # what the round has already seen
+    assert store.rounds == 1
     notifier.notify(CTX, CH, 2)
     assert store.rounds == 2 and d.called
+
+
+def test_announcements_during_a_round_are_judged_after_it():
+    rounds = []
+
+    class Racing(ScriptedStore):
+        async def lease(self, *args: object) -> LeaseOutcome:
+            outcome = await super().lease(*args)
+            rounds.append(self.rounds)
+            if self.rounds == 1:  # a publish commits while the round reads
+                notifier.notify(CTX, CH, 2)
+            if self.rounds == 2:  # an old echo, then an ack
+                notifier.notify(CTX, CH, 1)
+                notifier.on_notification(f"{CTX}/{CH}/0")
+            return outcome
+
+    clock = task.Clock()
+    notifier = Notifier(clock, None)  # type: ignore[arg-type]
+    store = Racing(nothing(head=1), nothing(head=2, blocked=True), leased(3))
+    d = defer.ensureDeferred(Consumers(clock, store, notifier).next(CTX, CH, "c", 60))  # type: ignore[arg-type]
+    assert rounds == [1, 2, 3] and d.called
 
 
 def test_a_waiter_retries_when_the_earliest_lease_expires():
