@@ -27,6 +27,21 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
 from zope.interface import implementer
 
+from eventbus.consumers import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MODE,
+    DEFAULT_START,
+    MAX_DELIVERIES_LIMIT,
+    MAX_LEASE_S,
+    MAX_NACK_DELAY_S,
+    MODES,
+    ConsumerConfig,
+    Consumers,
+    ConsumerStatus,
+    Delivery,
+)
+from eventbus.consumerstore import ConsumerStore
 from eventbus.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from eventbus.model import (
     MAX_ID,
@@ -64,12 +79,14 @@ class EventBusAPI:
 
     def __init__(self, store: Store, notifier: Notifier, reactor: IReactorTime,
                  max_batch: int = DEFAULT_MAX_BATCH,
-                 heartbeat: float = DEFAULT_HEARTBEAT_S) -> None:
+                 heartbeat: float = DEFAULT_HEARTBEAT_S,
+                 consumers: Optional[Consumers] = None) -> None:
         self.store = store
         self.notifier = notifier
         self.reactor = reactor
         self.max_batch = max_batch
         self.streams = EventStreams(store, notifier, reactor, heartbeat)
+        self.consumers = consumers or Consumers(reactor, ConsumerStore(store), notifier)
 
     def resource(self) -> Resource:
         return _Utf8PathGuard(self.app.resource())
@@ -158,6 +175,84 @@ class EventBusAPI:
         if event is None:
             raise NotFound(f"no event {event_id} in {context}/{channel}")
         return _body(request, render_event(context, channel, event))
+
+    # -- durable consumers ---------------------------------------------------
+    @app.route("/consumers/<context>/<channel>", methods=["GET"])
+    async def list_consumers(self, request: IRequest, context: str, channel: str) -> bytes:
+        _check_consumer(context, channel)
+        found = await self.consumers.list(context, channel)
+        return _body(request, b"[" + b",".join(_render_status(s) for s in found) + b"]")
+
+    @app.route("/consumers/<context>/<channel>/<name>", methods=["PUT"])
+    async def put_consumer(self, request: IRequest, context: str, channel: str,
+                           name: str) -> bytes:
+        _check_consumer(context, channel, name)
+        config = _consumer_config(request.content.read())
+        created, status = await self.consumers.configure(context, channel, name, config)
+        return _body(request, _render_status(status), 201 if created else 200)
+
+    @app.route("/consumers/<context>/<channel>/<name>", methods=["GET"])
+    async def get_consumer(self, request: IRequest, context: str, channel: str,
+                           name: str) -> bytes:
+        _check_consumer(context, channel, name)
+        status = await self.consumers.status(context, channel, name)
+        return _body(request, _render_status(status))
+
+    @app.route("/consumers/<context>/<channel>/<name>", methods=["DELETE"])
+    async def delete_consumer(self, request: IRequest, context: str, channel: str,
+                              name: str) -> bytes:
+        _check_consumer(context, channel, name)
+        await self.consumers.delete(context, channel, name)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/consumers/<context>/<channel>/<name>/next", methods=["POST"])
+    async def next_event(self, request: IRequest, context: str, channel: str,
+                         name: str) -> bytes:
+        _check_consumer(context, channel, name)
+        timeout = _timeout_param(_query(request).get("timeout"))
+        delivery = await self.consumers.next(context, channel, name, timeout)
+        if delivery is None:
+            request.setResponseCode(204)
+            return b""
+        return _body(request, _render_delivery(context, channel, delivery))
+
+    @app.route("/consumers/<context>/<channel>/<name>/ack", methods=["POST"])
+    async def ack(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
+        _check_consumer(context, channel, name)
+        fields = _object_body(request.content.read(), ("lease",))
+        await self.consumers.ack(context, channel, name, _lease_token(fields))
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/consumers/<context>/<channel>/<name>/nack", methods=["POST"])
+    async def nack(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
+        _check_consumer(context, channel, name)
+        fields = _object_body(request.content.read(), ("lease", "delay"))
+        delay = 0.0
+        if "delay" in fields:
+            delay = _number("delay", fields["delay"], 0, MAX_NACK_DELAY_S)
+        await self.consumers.nack(context, channel, name, _lease_token(fields), delay)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/consumers/<context>/<channel>/<name>/dead", methods=["GET"])
+    async def dead(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
+        _check_consumer(context, channel, name)
+        found = await self.consumers.dead(context, channel, name)
+        return _body(request, b"[" + b",".join(
+            _render_leased(context, channel, d.event, d.deliveries) for d in found) + b"]")
+
+    @app.route("/consumers/<context>/<channel>/<name>/dead/<event_id>/retry",
+               methods=["POST"])
+    async def retry(self, request: IRequest, context: str, channel: str, name: str,
+                    event_id: str) -> bytes:
+        _check_consumer(context, channel, name)
+        if not _UINT.match(event_id) or not 1 <= int(event_id) <= MAX_ID + 1:
+            raise NotFound(f"event {event_id[:40]!r} is not dead for consumer {name}")
+        await self.consumers.retry(context, channel, name, int(event_id))
+        request.setResponseCode(204)
+        return b""
 
     # -- reading ------------------------------------------------------------
     async def _peek(self, request: IRequest, context: str, channel: str,
@@ -335,6 +430,104 @@ def _start_param(value: str) -> dt.datetime:
     if instant < _EPOCH:
         raise BadRequest(f"start is before 1970: {value[:40]!r}")
     return instant
+
+
+# -- consumer helpers ------------------------------------------------------------
+_CONSUMER_FIELDS = ("mode", "start", "lease", "max_deliveries")
+
+
+def _check_consumer(context: str, channel: str, name: Optional[str] = None) -> None:
+    check_name("context", context)
+    check_name("channel", channel)
+    if name is not None:
+        check_name("consumer name", name)
+
+
+def _object_body(body: bytes, allowed: tuple[str, ...],
+                 empty_ok: bool = False) -> dict[str, Any]:
+    """A JSON object body with only ``allowed`` fields."""
+    if empty_ok and not body.strip():
+        return {}
+    _, value = parse_payload(body)
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))[:200]};"
+                         f" allowed: {', '.join(allowed)}")
+    return value
+
+
+def _number(name: str, value: Any, low: float, high: float,
+            low_open: bool = False) -> float:
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (low < value if low_open else low <= value) and value <= high)
+    if not ok:
+        bound = f"more than {low:g}" if low_open else f"from {low:g}"
+        raise BadRequest(f"{name} must be a number of seconds {bound} to {high:g},"
+                         f" got {orjson.dumps(value)[:40].decode()}")
+    return float(value)
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high},"
+                         f" got {orjson.dumps(value)[:40].decode()}")
+    return value
+
+
+def _consumer_config(body: bytes) -> ConsumerConfig:
+    """A PUT body; absent fields take their defaults (PUT sets the whole
+    configuration), and an empty body means all defaults."""
+    fields = _object_body(body, _CONSUMER_FIELDS, empty_ok=True)
+    mode = fields.get("mode", DEFAULT_MODE)
+    if mode not in MODES:
+        raise BadRequest(f"mode must be one of {', '.join(MODES)},"
+                         f" got {orjson.dumps(mode)[:40].decode()}")
+    start = fields.get("start", DEFAULT_START)
+    if start not in ("earliest", "latest"):
+        if isinstance(start, str):
+            raise BadRequest(f"start must be \"earliest\", \"latest\" or an event id,"
+                             f" got {orjson.dumps(start)[:40].decode()}")
+        start = _integer("start", start, 1, MAX_ID + 1)
+    lease = DEFAULT_LEASE_S
+    if "lease" in fields:
+        lease = _number("lease", fields["lease"], 0, MAX_LEASE_S, low_open=True)
+    max_deliveries = DEFAULT_MAX_DELIVERIES
+    if "max_deliveries" in fields:
+        max_deliveries = _integer("max_deliveries", fields["max_deliveries"], 1,
+                                  MAX_DELIVERIES_LIMIT)
+    return ConsumerConfig(mode, lease, max_deliveries, start)
+
+
+def _lease_token(fields: dict[str, Any]) -> str:
+    token = fields.get("lease")
+    if not isinstance(token, str) or not token:
+        raise BadRequest("lease must be the lease token string returned by next")
+    return token
+
+
+def _seconds(value: float) -> float | int:
+    return int(value) if value.is_integer() else value
+
+
+def _render_status(s: ConsumerStatus) -> bytes:
+    return orjson.dumps({
+        "name": s.name, "mode": s.mode, "cursor": s.cursor, "lag": s.lag,
+        "in_flight": s.in_flight, "dead": s.dead, "lease": _seconds(s.lease_s),
+        "max_deliveries": s.max_deliveries,
+    })
+
+
+def _render_leased(context: str, channel: str, event: Event, deliveries: int,
+                   lease: Optional[str] = None) -> bytes:
+    token = b"" if lease is None else b',"lease":' + orjson.dumps(lease)
+    return (b'{"event":' + render_event(context, channel, event) + token
+            + b',"deliveries":%d}' % deliveries)
+
+
+def _render_delivery(context: str, channel: str, d: Delivery) -> bytes:
+    return _render_leased(context, channel, d.event, d.deliveries, d.lease)
 
 
 @implementer(IPushProducer)

@@ -34,7 +34,9 @@ LISTEN_KEEPALIVE_S = 10.0
 ChannelKey = tuple[str, str]
 #: ``watcher(context, channel, head)``: events up to ``head`` may exist in
 #: that channel.  ``channel`` is None and ``head`` is None after a LISTEN
-#: outage, meaning "anything in this context may have changed".
+#: outage, meaning "anything in this context may have changed".  ``head`` 0
+#: announces no event: something else about the channel changed (durable
+#: consumers send it when a nack, ack or retry makes an event leasable).
 Watcher = Callable[[str, Optional[str], Optional[int]], None]
 
 

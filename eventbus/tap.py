@@ -8,6 +8,8 @@ from twisted.application import service, strports
 from twisted.python import usage
 
 from eventbus.api import DEFAULT_MAX_BATCH, EventBusAPI
+from eventbus.consumers import Consumers
+from eventbus.consumerstore import ConsumerStore
 from eventbus.notifier import Listener, Notifier
 from eventbus.service import (
     DatabaseService,
@@ -75,8 +77,9 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
         EmbeddedPostgresService(options["data-dir"], use_dsn).setServiceParent(root)
     DatabaseService(store, reactor).setServiceParent(root)
     ListenerService(listener).setServiceParent(root)
+    consumers = Consumers(reactor, ConsumerStore(store), notifier)
     api = EventBusAPI(store, notifier, reactor, max_batch=options["max-batch"],
-                      heartbeat=options["heartbeat"])
+                      heartbeat=options["heartbeat"], consumers=consumers)
     site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(root)

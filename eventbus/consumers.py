@@ -1,0 +1,271 @@
+"""Durable consumers: which event to lease next, and the long-poll around it.
+
+The state lives in PostgreSQL (:mod:`eventbus.consumerstore`); this module
+holds the leasing rules (:func:`choose`, pure, so they are tested without a
+database) and the waiting of ``next`` requests.
+
+Waking.  A ``next`` that finds nothing to lease waits for whichever comes
+first: a notification on its channel (through :meth:`Notifier.watch`), the
+moment the earliest lease expires or nack delay ends (a timer), or its own
+timeout.  Publishes announce their new head; consumer state changes that
+make an event leasable (a nack, an ack in ordered mode, a dead-letter retry,
+a PUT) announce head 0.  As with peek, the waiter is registered *before* the
+leasing round reads, so nothing committed after that read goes unnoticed:
+announcements that arrive during the round are judged once it has read.
+
+Which announcements wake a waiter: head 0 and LISTEN outages always; a new
+event (head above the one the round read) only if the waiter is not
+*blocked*: in ordered mode with an event in flight or a nacked event still
+delayed, a new event could not be leased anyway, so a busy channel does not
+spin its standbys.  The echo of a publish this process already announced
+wakes nobody.
+"""
+from __future__ import annotations
+
+import secrets
+from typing import Callable, NamedTuple, Optional
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from eventbus.consumerstore import (
+    MODES,
+    ORDERED,
+    SHARED,
+    Backlog,
+    ConsumerConfig,
+    ConsumerStatus,
+    ConsumerStore,
+    DeadEvent,
+    LeaseOutcome,
+)
+from eventbus.errors import Conflict, NotFound, Unavailable
+from eventbus.model import MAX_ID, Event
+from eventbus.notifier import Notifier
+
+__all__ = [
+    "MODES", "ORDERED", "SHARED", "ConsumerConfig", "ConsumerStatus", "Consumers",
+    "DeadEvent", "Delivery", "choose", "blocked",
+]
+
+log = Logger()
+
+DEFAULT_MODE = ORDERED
+DEFAULT_START = "earliest"
+DEFAULT_LEASE_S = 30.0
+DEFAULT_MAX_DELIVERIES = 5
+DEFAULTS = ConsumerConfig(DEFAULT_MODE, DEFAULT_LEASE_S, DEFAULT_MAX_DELIVERIES,
+                          DEFAULT_START)
+#: Longest lease and longest nack delay a client may ask for (12 hours).
+MAX_LEASE_S = 43200.0
+MAX_NACK_DELAY_S = 43200.0
+MAX_DELIVERIES_LIMIT = 1_000_000
+#: Wake this long after a lease expiry / delay end, so the re-check is not
+#: a hair early (the database clock and ours tick apart).
+EXPIRY_SLACK_S = 0.02
+
+
+class Delivery(NamedTuple):
+    event: Event
+    lease: str
+    deliveries: int
+
+
+def choose(b: Backlog) -> Optional[int]:
+    """The event id to lease now, or None.
+
+    ordered: nothing may be in flight, and it is always the lowest id that is
+    neither acked nor dead (even if that one is still in its nack delay).
+    shared: the lowest id that is leasable now.  Both: else the next new
+    event, if the channel has it.
+    """
+    if b.mode == ORDERED:
+        if b.in_flight:
+            return None
+        if b.first_pending is not None:
+            return b.first_pending if b.first_ready == b.first_pending else None
+    elif b.first_ready is not None:
+        return b.first_ready
+    return b.next_new if b.next_new <= b.head else None
+
+
+def blocked(b: Backlog) -> bool:
+    """Would a newly published event stay unleasable?"""
+    return b.mode == ORDERED and (b.in_flight > 0 or b.first_pending is not None)
+
+
+def new_token(event_id: int) -> str:
+    """An opaque lease token; the event id in front makes the ack a key lookup."""
+    return f"{event_id}.{secrets.token_urlsafe(16)}"
+
+
+def parse_token(token: str) -> Optional[int]:
+    head, sep, rest = token.partition(".")
+    if not sep or not rest or not head.isascii() or not head.isdigit() or len(head) > 19:
+        return None
+    event_id = int(head)
+    return event_id if 1 <= event_id <= MAX_ID + 1 else None
+
+
+class _Waiter:
+    """One ``next`` request between two leasing rounds."""
+
+    __slots__ = ("deferred", "timer", "known_head", "blocked", "signalled", "highest_seen")
+
+    def __init__(self) -> None:
+        self.deferred: defer.Deferred = defer.Deferred()
+        self.timer: Optional[IDelayedCall] = None
+        #: Unknown until the leasing round has read the backlog.
+        self.blocked: Optional[bool] = None
+        self.known_head = 0
+        #: Announced during the round: a state change or outage; the highest head.
+        self.signalled = False
+        self.highest_seen = 0
+
+    def announce(self, head: Optional[int]) -> None:
+        """``head``: a publish's new head; 0 a consumer state change; None an outage."""
+        if self.blocked is None:  # the round is still reading: judge it afterwards
+            self.signalled = self.signalled or not head
+            self.highest_seen = max(self.highest_seen, head or 0)
+        elif not head or (not self.blocked and head > self.known_head):
+            self.fire()
+
+    def settle(self, backlog: Backlog) -> bool:
+        """Record what the round read; True if what was announced meanwhile
+        calls for another round at once."""
+        self.blocked, self.known_head = blocked(backlog), backlog.head
+        return self.signalled or (not self.blocked and self.highest_seen > self.known_head)
+
+    def fire(self) -> None:
+        if not self.deferred.called:
+            self.deferred.callback(None)
+
+
+class Consumers:
+    """Durable consumers over their store, woken by the notifier."""
+
+    def __init__(self, reactor: IReactorTime, store: ConsumerStore, notifier: Notifier) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.notifier = notifier
+        self._waiters: dict[tuple[str, str], set[_Waiter]] = {}
+        self._unwatch: dict[tuple[str, str], Callable[[], None]] = {}
+        self._locks: dict[tuple[str, str, str], defer.DeferredLock] = {}
+
+    # -- leasing ----------------------------------------------------------------
+    async def next(self, context: str, channel: str, name: str,
+                   timeout: float) -> Optional[Delivery]:
+        """Lease the next available event, waiting up to ``timeout`` seconds."""
+        deadline = self.reactor.seconds() + timeout
+        key = (context, channel)
+        while True:
+            waiter = self._register(key)
+            try:
+                outcome = await self._lease(context, channel, name)
+                if outcome.leased is not None:
+                    leased = outcome.leased
+                    event = await self.store.event(context, channel, leased.event_id)
+                    if event is None:  # events are never deleted: a broken database
+                        raise Unavailable(f"leased event {leased.event_id} cannot be read")
+                    return Delivery(event, leased.token, leased.deliveries)
+                remaining = deadline - self.reactor.seconds()
+                if remaining <= 0:
+                    return None
+                if waiter.settle(outcome.backlog):
+                    continue
+                wait = remaining
+                if outcome.backlog.next_change_s is not None:
+                    wait = min(wait, max(0.0, outcome.backlog.next_change_s) + EXPIRY_SLACK_S)
+                waiter.timer = self.reactor.callLater(wait, waiter.fire)
+                await waiter.deferred
+            finally:
+                self._discard(key, waiter)
+
+    async def _lease(self, context: str, channel: str, name: str) -> LeaseOutcome:
+        """One leasing round, one at a time per consumer in this process.
+
+        The database serialises them anyway (the consumer's row lock); queueing
+        here keeps a crowd of woken instances from each holding a pooled
+        connection while it waits for that lock.
+        """
+        key = (context, channel, name)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = defer.DeferredLock()
+        await lock.acquire()
+        try:
+            return await self.store.lease(context, channel, name, DEFAULTS, choose, new_token)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
+                del self._locks[key]
+
+    async def ack(self, context: str, channel: str, name: str, token: str) -> None:
+        event_id = parse_token(token)
+        if event_id is None or not await self.store.ack(context, channel, name, event_id, token):
+            raise Conflict("unknown or expired lease")
+
+    async def nack(self, context: str, channel: str, name: str, token: str,
+                   delay_s: float) -> None:
+        event_id = parse_token(token)
+        if event_id is None or not await self.store.nack(context, channel, name, event_id,
+                                                         token, delay_s):
+            raise Conflict("unknown or expired lease")
+
+    # -- management -------------------------------------------------------------
+    async def configure(self, context: str, channel: str, name: str,
+                        config: ConsumerConfig) -> tuple[bool, ConsumerStatus]:
+        """Create or update; (created, status)."""
+        created = await self.store.configure(context, channel, name, config)
+        return created, await self.status(context, channel, name)
+
+    async def status(self, context: str, channel: str, name: str) -> ConsumerStatus:
+        found = await self.store.status(context, channel, name)
+        if not found:
+            raise NotFound(f"no consumer {name} on {context}/{channel}")
+        return found[0]
+
+    async def list(self, context: str, channel: str) -> list[ConsumerStatus]:
+        return await self.store.status(context, channel)
+
+    async def delete(self, context: str, channel: str, name: str) -> None:
+        if not await self.store.delete(context, channel, name):
+            raise NotFound(f"no consumer {name} on {context}/{channel}")
+
+    async def dead(self, context: str, channel: str, name: str) -> list[DeadEvent]:
+        return await self.store.dead(context, channel, name)
+
+    async def retry(self, context: str, channel: str, name: str, event_id: int) -> None:
+        await self.store.retry(context, channel, name, event_id)
+
+    def waiting(self) -> int:
+        """``next`` requests currently held open (for tests)."""
+        return sum(len(w) for w in self._waiters.values())
+
+    # -- waking -----------------------------------------------------------------
+    def _register(self, key: tuple[str, str]) -> _Waiter:
+        waiter = _Waiter()
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            waiters = self._waiters[key] = set()
+            self._unwatch[key] = self.notifier.watch(
+                key[0], key[1], lambda _context, _channel, head: self._announce(key, head))
+        waiters.add(waiter)
+        return waiter
+
+    def _discard(self, key: tuple[str, str], waiter: _Waiter) -> None:
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        waiters = self._waiters.get(key)
+        if waiters is None:
+            return
+        waiters.discard(waiter)
+        if not waiters:
+            del self._waiters[key]
+            self._unwatch.pop(key)()
+
+    def _announce(self, key: tuple[str, str], head: Optional[int]) -> None:
+        """A notification for the channel (``head`` None: after a LISTEN outage)."""
+        for waiter in list(self._waiters.get(key, ())):
+            waiter.announce(head)

@@ -1,0 +1,397 @@
+"""Every SQL statement of durable consumers (issue 3, part 2).
+
+Tables (created by the migration appended to :data:`eventbus.store.MIGRATIONS`):
+
+``consumers``
+    One row per ``(context, channel, name)``: its configuration and
+    ``next_new``, the lowest event id never delivered to it.  Its row lock is
+    the consumer's lock: every transaction that hands out or reshapes leases
+    takes it first (``SELECT ... FOR UPDATE``), so leasing is serialised per
+    consumer across all server processes.
+
+``consumer_events``
+    Only the events below ``next_new`` that are *not* acked: ``leased``,
+    ``available`` (nacked, or put back by a dead-letter retry) or ``dead``.
+    An ack deletes its row, so "id < next_new and no row" means acked.  The
+    consumer's cursor (every id up to it is acked or dead) is therefore
+    derived, never stored: the lowest leased/available id minus one, or
+    ``next_new - 1``.
+
+Time is the database's (``clock_timestamp()``), read once per transaction
+after the lock is held, so several server processes agree on lease expiry.
+A lease that has expired stays ``leased`` in the table until the next
+leasing transaction of the consumer looks at it; readers treat it by its
+effective state (see :data:`_DEAD`).
+
+Acks and nacks are single statements that do not take the consumer's lock:
+they lock only the event's row, and the leasing transaction re-checks its
+conditions when it updates that row, so whichever commits first wins and the
+other sees it (an ack of a lease that was just taken over matches no row:
+409).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+from txpostgres import txpostgres
+
+from eventbus.errors import NotFound
+from eventbus.model import Event
+from eventbus.store import NOTIFY_CHANNEL, Store
+
+ORDERED = "ordered"
+SHARED = "shared"
+MODES = (ORDERED, SHARED)
+
+#: How often one leasing transaction re-reads when an ack or nack changed its
+#: chosen row under it, before giving up for this round (the caller retries).
+LEASE_ATTEMPTS = 3
+
+# An event row is dead when marked so, or when it has used up its deliveries
+# and is no longer leased (an expired lease, or put back by a nack or a
+# lowered max_deliveries).  Needs aliases ``e`` (consumer_events) and ``c``
+# (consumers); ``{now}`` is the clock: the transaction's reading ``%(now)s``
+# under the lock, or the statement's ``now()`` for lock-free reads.
+_DEAD = (
+    "(e.state = 'dead' OR e.deliveries >= c.max_deliveries"
+    " AND (e.state = 'available' OR e.lease_until <= {now}))"
+)
+_IN_FLIGHT = "(e.state = 'leased' AND e.lease_until > {now})"
+_READY = (
+    "(e.state = 'available' AND e.available_at <= %(now)s"
+    " OR e.state = 'leased' AND e.lease_until <= %(now)s)"
+)
+_LOCKED_NOW = "%(now)s"
+_STATEMENT_NOW = "now()"
+_CONSUMER = "c.context = %(context)s AND c.channel = %(channel)s AND c.name = %(name)s"
+_HEAD = (
+    "coalesce((SELECT last_id FROM channels"
+    " WHERE context = %(context)s AND channel = %(channel)s), 0)"
+)
+# Tells waiting ``next`` requests (in every process) that the consumer's
+# state changed.  It is the notifier's "<context>/<channel>/<head>" with head
+# 0: it announces no event (true for every watcher: "events up to 0 may
+# exist"), so a waiter tells it apart from a publish.
+_NOTIFY = (
+    f"pg_notify('{NOTIFY_CHANNEL}', %(context)s || '/' || %(channel)s || '/0')"
+)
+_EVENT_COLUMNS = "ev.id, extract(epoch FROM ev.ts)::float8, ev.issuer, ev.payload::text"
+
+Start = Union[str, int]  # "earliest", "latest" or the first id to deliver
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    mode: str
+    lease_s: float
+    max_deliveries: int
+    #: Applies only when the consumer is created; a later PUT never moves it.
+    start: Start
+
+
+class Backlog(NamedTuple):
+    """What a leasing decision needs, read under the consumer's lock."""
+
+    mode: str
+    next_new: int
+    head: int  # the channel's last id
+    in_flight: int  # unexpired leases
+    first_pending: Optional[int]  # lowest leased or available (not dead) id
+    first_ready: Optional[int]  # lowest id that may be leased now
+    #: Seconds until the next lease expiry or end of a nack delay (None: none).
+    next_change_s: Optional[float]
+
+
+class Leased(NamedTuple):
+    event_id: int
+    token: str
+    deliveries: int
+
+
+class LeaseOutcome(NamedTuple):
+    backlog: Backlog
+    leased: Optional[Leased]
+
+
+class ConsumerStatus(NamedTuple):
+    name: str
+    mode: str
+    lease_s: float
+    max_deliveries: int
+    cursor: int
+    lag: int
+    in_flight: int
+    dead: int
+
+
+class DeadEvent(NamedTuple):
+    event: Event
+    deliveries: int
+
+
+#: ``choose(backlog)`` -> the id to lease now, or None.
+Chooser = Callable[[Backlog], Optional[int]]
+
+
+class ConsumerStore:
+    """Consumer state in PostgreSQL, over the event store's pool."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- leasing ----------------------------------------------------------------
+    async def lease(self, context: str, channel: str, name: str, defaults: ConsumerConfig,
+                    choose: Chooser, token: Callable[[int], str]) -> LeaseOutcome:
+        """One leasing round: under the consumer's lock, dead-letter what used
+        up its deliveries, read the backlog, and lease what ``choose`` picks.
+
+        Creates the consumer with ``defaults`` if it does not exist.
+        """
+        p = {"context": context, "channel": channel, "name": name}
+
+        async def work(cur: txpostgres.Cursor) -> LeaseOutcome:
+            row, _ = await self._lock(cur, p, defaults)
+            assert row is not None
+            cid, mode, lease_s, max_deliveries, next_new = row
+            q = dict(p, cid=cid, max=max_deliveries, lease=lease_s,
+                     now=await self._now(cur))
+            await cur.execute(
+                "UPDATE consumer_events e"
+                "   SET state = 'dead', lease_token = NULL, lease_until = NULL,"
+                "       available_at = NULL"
+                " WHERE e.consumer_id = %(cid)s AND e.state <> 'dead'"
+                "   AND e.deliveries >= %(max)s"
+                "   AND (e.state = 'available' OR e.lease_until <= %(now)s)", q)
+            for _ in range(LEASE_ATTEMPTS):
+                backlog = await self._backlog(cur, q, mode, next_new)
+                chosen = choose(backlog)
+                if chosen is None:
+                    return LeaseOutcome(backlog, None)
+                q["id"], q["token"] = chosen, token(chosen)
+                if chosen >= next_new:
+                    assert chosen == next_new <= backlog.head
+                    await cur.execute(
+                        "INSERT INTO consumer_events (consumer_id, event_id, state,"
+                        "    deliveries, lease_token, lease_until)"
+                        " VALUES (%(cid)s, %(id)s, 'leased', 1, %(token)s,"
+                        "    %(now)s + %(lease)s * interval '1 second')", q)
+                    await cur.execute(
+                        "UPDATE consumers SET next_new = %(id)s + 1 WHERE id = %(cid)s", q)
+                    return LeaseOutcome(backlog, Leased(chosen, q["token"], 1))
+                # Re-checked against the row's latest version: an ack or nack
+                # that committed meanwhile makes this match nothing.
+                await cur.execute(
+                    "UPDATE consumer_events e"
+                    "   SET state = 'leased', deliveries = deliveries + 1,"
+                    "       lease_token = %(token)s, available_at = NULL,"
+                    "       lease_until = %(now)s + %(lease)s * interval '1 second'"
+                    f" WHERE e.consumer_id = %(cid)s AND e.event_id = %(id)s AND {_READY}"
+                    " RETURNING deliveries", q)
+                updated = cur.fetchall()
+                if updated:
+                    return LeaseOutcome(backlog, Leased(chosen, q["token"], updated[0][0]))
+            return LeaseOutcome(backlog._replace(next_change_s=0.0), None)
+
+        return await self.store.transaction(work)
+
+    async def _backlog(self, cur: txpostgres.Cursor, q: dict[str, Any], mode: str,
+                       next_new: int) -> Backlog:
+        await cur.execute(
+            f"SELECT {_HEAD},"
+            f" count(*) FILTER (WHERE {_IN_FLIGHT.format(now=_LOCKED_NOW)}),"
+            " min(e.event_id),"
+            f" min(e.event_id) FILTER (WHERE {_READY}),"
+            " extract(epoch FROM min(CASE"
+            f"   WHEN {_IN_FLIGHT.format(now=_LOCKED_NOW)} THEN e.lease_until"
+            "   WHEN e.state = 'available' AND e.available_at > %(now)s THEN e.available_at"
+            " END) - %(now)s)::float8"
+            " FROM consumer_events e WHERE e.consumer_id = %(cid)s AND e.state <> 'dead'", q)
+        head, in_flight, first_pending, first_ready, next_change = cur.fetchone()
+        return Backlog(mode, next_new, head, in_flight, first_pending, first_ready,
+                       next_change)
+
+    # -- acknowledging ----------------------------------------------------------
+    async def ack(self, context: str, channel: str, name: str, event_id: int,
+                  token: str) -> bool:
+        """Delete the row of an unexpired lease; False if there is none.
+
+        In ordered mode the next event just became leasable: wake the waiters.
+        """
+        rows = await self.store.query(
+            "WITH done AS ("
+            "  DELETE FROM consumer_events e USING consumers c"
+            f"  WHERE {_CONSUMER} AND e.consumer_id = c.id AND e.event_id = %(id)s"
+            "     AND e.state = 'leased' AND e.lease_token = %(token)s"
+            "     AND e.lease_until > clock_timestamp()"
+            "  RETURNING c.mode)"
+            f" SELECT mode, CASE WHEN mode = 'ordered' THEN {_NOTIFY}::text END FROM done",
+            {"context": context, "channel": channel, "name": name, "id": event_id,
+             "token": token},
+        )
+        return bool(rows)
+
+    async def nack(self, context: str, channel: str, name: str, event_id: int,
+                   token: str, delay_s: float) -> bool:
+        """Put an unexpired lease's event back (after ``delay_s``); False if
+        there is no such lease.  Dead at once if it used up its deliveries."""
+        rows = await self.store.query(
+            "WITH back AS ("
+            "  UPDATE consumer_events e"
+            "     SET state = CASE WHEN e.deliveries >= c.max_deliveries"
+            "                      THEN 'dead' ELSE 'available' END,"
+            "         available_at = CASE WHEN e.deliveries >= c.max_deliveries THEN NULL"
+            "              ELSE clock_timestamp() + %(delay)s * interval '1 second' END,"
+            "         lease_token = NULL, lease_until = NULL"
+            "    FROM consumers c"
+            f"  WHERE {_CONSUMER} AND e.consumer_id = c.id AND e.event_id = %(id)s"
+            "     AND e.state = 'leased' AND e.lease_token = %(token)s"
+            "     AND e.lease_until > clock_timestamp()"
+            "  RETURNING e.state)"
+            f" SELECT state, {_NOTIFY}::text FROM back",
+            {"context": context, "channel": channel, "name": name, "id": event_id,
+             "token": token, "delay": delay_s},
+        )
+        return bool(rows)
+
+    # -- configuration ----------------------------------------------------------
+    async def configure(self, context: str, channel: str, name: str,
+                        config: ConsumerConfig) -> bool:
+        """Create the consumer or update its settings; True if it was created."""
+        p = {"context": context, "channel": channel, "name": name}
+
+        async def work(cur: txpostgres.Cursor) -> bool:
+            row, created = await self._lock(cur, p, config)
+            assert row is not None
+            if not created:
+                await cur.execute(
+                    "UPDATE consumers SET mode = %(mode)s, lease_s = %(lease)s,"
+                    " max_deliveries = %(max)s WHERE id = %(cid)s",
+                    dict(cid=row[0], mode=config.mode, lease=config.lease_s,
+                         max=config.max_deliveries))
+            await cur.execute(f"SELECT {_NOTIFY}", p)
+            return created
+
+        return await self.store.transaction(work)
+
+    async def delete(self, context: str, channel: str, name: str) -> bool:
+        rows = await self.store.query(
+            f"DELETE FROM consumers c WHERE {_CONSUMER} RETURNING id",
+            {"context": context, "channel": channel, "name": name},
+        )
+        return bool(rows)
+
+    # -- reading ----------------------------------------------------------------
+    async def status(self, context: str, channel: str,
+                     name: Optional[str] = None) -> list[ConsumerStatus]:
+        """The consumers of a channel (or the one named), by name."""
+        where = _CONSUMER if name is not None else (
+            "c.context = %(context)s AND c.channel = %(channel)s")
+        rows = await self.store.query(
+            "SELECT c.name, c.mode, c.lease_s, c.max_deliveries, c.next_new,"
+            f" {_HEAD}, s.first_pending, s.pending, s.in_flight, s.dead"
+            " FROM consumers c CROSS JOIN LATERAL ("
+            "   SELECT min(e.event_id) FILTER (WHERE NOT e.dead) AS first_pending,"
+            "          count(*) FILTER (WHERE NOT e.dead) AS pending,"
+            "          count(*) FILTER (WHERE e.in_flight) AS in_flight,"
+            "          count(*) FILTER (WHERE e.dead) AS dead"
+            f"   FROM (SELECT e.event_id, {_DEAD.format(now=_STATEMENT_NOW)} AS dead,"
+            f"          {_IN_FLIGHT.format(now=_STATEMENT_NOW)} AS in_flight"
+            "          FROM consumer_events e WHERE e.consumer_id = c.id) e"
+            " ) s"
+            f" WHERE {where} ORDER BY c.name",
+            {"context": context, "channel": channel, "name": name},
+        )
+        result = []
+        for (name_, mode, lease_s, max_deliveries, next_new, head, first_pending,
+             pending, in_flight, dead) in rows:
+            cursor = (first_pending if first_pending is not None else next_new) - 1
+            lag = pending + max(0, head - next_new + 1)
+            result.append(ConsumerStatus(name_, mode, lease_s, max_deliveries, cursor,
+                                         lag, in_flight, dead))
+        return result
+
+    async def dead(self, context: str, channel: str, name: str) -> list[DeadEvent]:
+        """The dead-lettered events of a consumer in id order; 404 if unknown."""
+        p = {"context": context, "channel": channel, "name": name}
+        rows = await self.store.query(
+            f"SELECT e.deliveries, {_EVENT_COLUMNS}"
+            " FROM consumers c"
+            " JOIN channels ch ON ch.context = c.context AND ch.channel = c.channel"
+            " JOIN consumer_events e ON e.consumer_id = c.id"
+            " JOIN events ev ON ev.channel_id = ch.id AND ev.id = e.event_id"
+            f" WHERE {_CONSUMER} AND {_DEAD.format(now=_STATEMENT_NOW)}"
+            " ORDER BY e.event_id", p)
+        if not rows and not await self._exists(p):
+            raise NotFound(f"no consumer {name} on {context}/{channel}")
+        return [DeadEvent(Event(*row[1:]), row[0]) for row in rows]
+
+    async def retry(self, context: str, channel: str, name: str, event_id: int) -> None:
+        """Make a dead event available again with its deliveries reset; 404
+        if the consumer is unknown or that event is not dead."""
+        p = {"context": context, "channel": channel, "name": name, "id": event_id}
+
+        async def work(cur: txpostgres.Cursor) -> None:
+            row, _ = await self._lock(cur, p, None)
+            if row is None:
+                raise NotFound(f"no consumer {name} on {context}/{channel}")
+            q = dict(p, cid=row[0], max=row[3], now=await self._now(cur))
+            await cur.execute(
+                "UPDATE consumer_events e"
+                "   SET state = 'available', deliveries = 0, available_at = %(now)s,"
+                "       lease_token = NULL, lease_until = NULL"
+                "  FROM consumers c"
+                " WHERE c.id = e.consumer_id AND e.consumer_id = %(cid)s"
+                f"   AND e.event_id = %(id)s AND {_DEAD.format(now=_LOCKED_NOW)}"
+                " RETURNING e.event_id", q)
+            if not cur.fetchall():
+                raise NotFound(f"event {event_id} is not dead for consumer {name}")
+            await cur.execute(f"SELECT {_NOTIFY}", p)
+
+        await self.store.transaction(work)
+
+    async def event(self, context: str, channel: str, event_id: int) -> Optional[Event]:
+        return await self.store.event(context, channel, event_id)
+
+    # -- plumbing ---------------------------------------------------------------
+    async def _exists(self, p: dict[str, Any]) -> bool:
+        return bool(await self.store.query(f"SELECT 1 FROM consumers c WHERE {_CONSUMER}", p))
+
+    async def _now(self, cur: txpostgres.Cursor) -> Any:
+        await cur.execute("SELECT clock_timestamp()")
+        return cur.fetchone()[0]
+
+    async def _lock(self, cur: txpostgres.Cursor, p: dict[str, Any],
+                    create: Optional[ConsumerConfig]) -> tuple[Optional[tuple], bool]:
+        """Lock the consumer's row, creating it from ``create`` if given.
+
+        Returns ((id, mode, lease_s, max_deliveries, next_new) or None,
+        whether this transaction created it).
+        """
+        select = ("SELECT id, mode, lease_s, max_deliveries, next_new FROM consumers c"
+                  f" WHERE {_CONSUMER} FOR UPDATE")
+        await cur.execute(select, p)
+        row = cur.fetchone()
+        if row is not None or create is None:
+            return row, False
+        if create.start == "earliest":
+            next_new = "1"
+        elif create.start == "latest":
+            next_new = f"{_HEAD} + 1"
+        else:
+            next_new = "%(start)s"
+        await cur.execute(
+            "INSERT INTO consumers (context, channel, name, mode, lease_s, max_deliveries,"
+            "    next_new)"
+            " VALUES (%(context)s, %(channel)s, %(name)s, %(mode)s, %(lease)s, %(max)s,"
+            f"    {next_new})"
+            " ON CONFLICT (context, channel, name) DO NOTHING"
+            " RETURNING id, mode, lease_s, max_deliveries, next_new", dict(
+                p, mode=create.mode, lease=create.lease_s, max=create.max_deliveries,
+                start=create.start))
+        row = cur.fetchone()
+        if row is not None:
+            return row, True
+        # Created by a concurrent transaction that has committed meanwhile.
+        await cur.execute(select, p)
+        return cur.fetchone(), False
