@@ -16,6 +16,7 @@ from eventbus.service import (
 )
 from eventbus.site import DEFAULT_MAX_BODY, EventBusSite
 from eventbus.store import Store
+from eventbus.webhooks import DEFAULT_DISABLE_AFTER_S, DEFAULT_LEASE_S, WebhookService
 
 DEFAULT_LISTEN = "tcp:33002"
 
@@ -30,6 +31,19 @@ class Options(usage.Options):
         ["data-dir", None, "./eventbus-data", "Where the embedded PostgreSQL keeps its data."],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body, in bytes.", int],
         ["pool-size", None, 8, "Database connections per process.", int],
+        ["webhook-disable-after", None, DEFAULT_DISABLE_AFTER_S,
+         "Disable a webhook subscription that has been failing for longer than"
+         " this many seconds.", float],
+        ["webhook-retry-scale", None, 1.0,
+         "Multiply every webhook retry delay by this factor (a testing aid).", float],
+        ["webhook-lease", None, DEFAULT_LEASE_S,
+         "Seconds a process's claim on a webhook subscription holds without renewal;"
+         " another process takes over this long after the owner died.", float],
+    ]
+    optFlags = [
+        ["webhook-allow-private", None,
+         "Allow webhook URLs on loopback, private, link-local and other non-public"
+         " addresses."],
     ]
 
     def __init__(self) -> None:
@@ -47,6 +61,12 @@ class Options(usage.Options):
             raise usage.UsageError("--max-body must be a positive number of bytes")
         if self["pool-size"] < 1:
             raise usage.UsageError("--pool-size must be at least 1")
+        if not self["webhook-disable-after"] > 0:
+            raise usage.UsageError("--webhook-disable-after must be a positive number of seconds")
+        if not self["webhook-retry-scale"] > 0:
+            raise usage.UsageError("--webhook-retry-scale must be positive")
+        if not 1 <= self["webhook-lease"] <= 3600:
+            raise usage.UsageError("--webhook-lease must be from 1 to 3600 seconds")
 
 
 def makeService(options: Any, reactor: Any = None) -> service.IService:
@@ -66,7 +86,17 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
         EmbeddedPostgresService(options["data-dir"], use_dsn).setServiceParent(root)
     DatabaseService(store, reactor).setServiceParent(root)
     ListenerService(listener).setServiceParent(root)
-    api = EventBusAPI(store, notifier, reactor)
+    # After the listener (it starts after the database and stops before it),
+    # before the ports (they stop first, so no request reaches it stopped).
+    webhooks = WebhookService(
+        reactor, store, notifier,
+        disable_after=options["webhook-disable-after"],
+        allow_private=bool(options["webhook-allow-private"]),
+        retry_scale=options["webhook-retry-scale"],
+        lease=options["webhook-lease"],
+    )
+    webhooks.setServiceParent(root)
+    api = EventBusAPI(store, notifier, reactor, webhooks)
     site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(root)
