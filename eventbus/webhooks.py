@@ -74,7 +74,7 @@ DB_RETRY_S = 1.0
 ERROR_RETRY_S = 5.0
 #: Events read from the store per round trip.
 BATCH = 100
-#: Response bodies are read (to keep the connection reusable) up to this size.
+#: Response bodies are read (and dropped) up to this size.
 MAX_RESPONSE_BODY = 64 * 1024
 MAX_URL_LEN = 2048
 SECRET_PREFIX = "whsec_"
@@ -288,11 +288,13 @@ class WebhookService(service.Service):
         self.lease = lease
         #: Names this process in ``owner`` columns (and in the status).
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._pool = _QuietPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 4
-        self._pool.cachedConnectionTimeout = 20
+        # One connection per attempt: every attempt resolves and checks the
+        # host again, and no attempt fails on a kept-alive connection that the
+        # receiver closed meanwhile (HTTP/1.0 servers close after each answer
+        # without saying so, which Twisted's pool does not notice in time).
         agent = Agent.usingEndpointFactory(
-            reactor, _CheckedEndpointFactory(reactor, allow_private), pool=self._pool)
+            reactor, _CheckedEndpointFactory(reactor, allow_private),
+            pool=_QuietPool(reactor, persistent=False))
         self.http = HTTPClient(agent, cookiejar=_NoCookies())
         self._owned: dict[int, _Owned] = {}
         self._scanner: Optional[task.LoopingCall] = None
@@ -366,7 +368,6 @@ class WebhookService(service.Service):
         except Exception as e:
             log.warn("could not release webhook leases ({error}); they expire in"
                      " {lease} s", error=e, lease=self.lease)
-        await self._pool.closeCachedConnections()
 
     # -- claiming ------------------------------------------------------------------
     def scan_soon(self) -> None:
@@ -454,8 +455,8 @@ class WebhookService(service.Service):
 
 
 def _drain(response: Any, reactor: Any) -> None:
-    """Read and drop a response body in the background, so the connection can
-    be reused; a body that is too large or too slow just closes it."""
+    """Read and drop a response body in the background, so the connection is
+    closed cleanly; a body that is too large or too slow is cut off."""
     seen = [0]
 
     def count(data: bytes) -> None:
