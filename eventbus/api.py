@@ -272,7 +272,7 @@ def _str_field(body: dict, name: str) -> str:
 
 
 def _start_field(value: Any, channel: str) -> Start:
-    """"latest", "earliest" or the id of the first event to deliver."""
+    """Parse start: "latest", "earliest" or the id of the first event to deliver."""
     if value in ("latest", "earliest"):
         return value
     if value is None:

@@ -7,8 +7,6 @@ other options deliver another test's subscription.
 """
 from __future__ import annotations
 
-import os
-import signal
 import time
 from typing import Any, Iterator
 
