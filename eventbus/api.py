@@ -56,6 +56,8 @@ from eventbus.model import (
 from eventbus.notifier import Notifier
 from eventbus.sse import DEFAULT_HEARTBEAT_S, EventStreams
 from eventbus.store import PAGE_SIZE, Store
+from eventbus.webhooks import WebhookService
+from eventbus.webhookstore import ALL_CHANNELS, Start, SubscriptionState
 
 log = Logger()
 
@@ -80,13 +82,15 @@ class EventBusAPI:
     def __init__(self, store: Store, notifier: Notifier, reactor: IReactorTime,
                  max_batch: int = DEFAULT_MAX_BATCH,
                  heartbeat: float = DEFAULT_HEARTBEAT_S,
-                 consumers: Optional[Consumers] = None) -> None:
+                 consumers: Optional[Consumers] = None,
+                 webhooks: Optional[WebhookService] = None) -> None:
         self.store = store
         self.notifier = notifier
         self.reactor = reactor
         self.max_batch = max_batch
         self.streams = EventStreams(store, notifier, reactor, heartbeat)
         self.consumers = consumers or Consumers(reactor, ConsumerStore(store), notifier)
+        self.webhooks = webhooks
 
     def resource(self) -> Resource:
         return _Utf8PathGuard(self.app.resource())
@@ -253,6 +257,63 @@ class EventBusAPI:
         await self.consumers.retry(context, channel, name, int(event_id))
         request.setResponseCode(204)
         return b""
+    # -- webhook subscriptions ----------------------------------------------------
+    @app.route("/subscriptions", methods=["POST"])
+    async def create_subscription(self, request: IRequest) -> bytes:
+        webhooks = self._webhooks()
+        _, body = parse_payload(request.content.read())
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        unknown = sorted(set(body) - _SUBSCRIPTION_FIELDS)
+        if unknown:
+            raise BadRequest(f"unknown fields: {', '.join(unknown)[:200]}")
+        context = check_name("context", _str_field(body, "context"))
+        channel = _str_field(body, "channel")
+        if channel != ALL_CHANNELS:
+            check_name("channel", channel)
+        url = _str_field(body, "url")
+        secret = body.get("secret")
+        if secret is not None and not isinstance(secret, str):
+            raise BadRequest("secret must be a string")
+        start = _start_field(body.get("start"), channel)
+        state, secret = await webhooks.create(context, channel, url, secret, start)
+        request.setHeader(b"Location", f"/subscriptions/{state.id}".encode())
+        return _body(request, orjson.dumps(_subscription(state, secret)), 201)
+
+    @app.route("/subscriptions", methods=["GET"])
+    async def list_subscriptions(self, request: IRequest) -> bytes:
+        states = await self._webhooks().states()
+        return _json(request, [_subscription(s) for s in states])
+
+    @app.route("/subscriptions/<sub_id>", methods=["GET"])
+    async def get_subscription(self, request: IRequest, sub_id: str) -> bytes:
+        states = await self._webhooks().states(_subscription_id(sub_id))
+        if not states:
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        return _json(request, _subscription(states[0]))
+
+    @app.route("/subscriptions/<sub_id>", methods=["DELETE"])
+    async def delete_subscription(self, request: IRequest, sub_id: str) -> bytes:
+        if not await self._webhooks().delete(_subscription_id(sub_id)):
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/subscriptions/<sub_id>/enable", methods=["POST"])
+    async def enable_subscription(self, request: IRequest, sub_id: str) -> bytes:
+        sid = _subscription_id(sub_id)
+        webhooks = self._webhooks()
+        if not await webhooks.enable(sid):
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        states = await webhooks.states(sid)
+        if not states:  # deleted in between
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        return _json(request, _subscription(states[0]))
+
+    def _webhooks(self) -> WebhookService:
+        if self.webhooks is None:
+            raise NotFound("webhooks are not enabled on this server")
+        return self.webhooks
 
     # -- reading ------------------------------------------------------------
     async def _peek(self, request: IRequest, context: str, channel: str,
@@ -339,6 +400,79 @@ class EventBusAPI:
 
 
 # -- helpers -------------------------------------------------------------------
+_SUBSCRIPTION_FIELDS = {"context", "channel", "url", "secret", "start"}
+
+
+def _str_field(body: dict, name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        raise BadRequest(f"{name} is required")
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _start_field(value: Any, channel: str) -> Start:
+    """Parse start: "latest", "earliest" or the id of the first event to deliver."""
+    if value in ("latest", "earliest"):
+        return value
+    if value is None:
+        raise BadRequest('start is required: "latest", "earliest" or an event id')
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID + 1:
+        raise BadRequest(f'start must be "latest", "earliest" or an event id from 1 to'
+                         f" {MAX_ID + 1}, got {str(value)[:40]!r}")
+    if channel == ALL_CHANNELS:
+        raise BadRequest('an event id as start needs one channel, not "*"')
+    return value
+
+
+def _subscription_id(value: str) -> int:
+    if not _UINT.match(value) or int(value) > 2**63 - 1:
+        raise NotFound(f"no subscription {value[:40]!r}")
+    return int(value)
+
+
+def _subscription(state: SubscriptionState, secret: Optional[str] = None) -> dict[str, Any]:
+    """The subscription object; ``secret`` only in the answer to its creation."""
+    channels = {
+        c.channel: {
+            "cursor": c.delivered_id,
+            "head": c.head,
+            "lag": max(0, c.head - c.delivered_id),
+            "consecutive_failures": c.failures,
+            "failing_since": c.failing_since,
+            "last_attempt": c.last_attempt,
+            "last_status": c.last_status,
+            "last_error": c.last_error,
+        }
+        for c in state.channels
+    }
+    tried = [c for c in state.channels if c.last_attempt is not None]
+    latest = max(tried, key=lambda c: c.last_attempt or 0.0) if tried else None
+    single = None if state.channel == ALL_CHANNELS else channels.get(state.channel)
+    result: dict[str, Any] = {
+        "id": state.id,
+        "context": state.context,
+        "channel": state.channel,
+        "url": state.url,
+        "status": "disabled" if state.disabled_at is not None else "active",
+        "disabled_at": state.disabled_at,
+        "disabled_reason": state.disabled_reason,
+        "created": state.created,
+        "owner": state.owner,
+        "cursor": single["cursor"] if single else None,
+        "lag": sum(c["lag"] for c in channels.values()),
+        "last_attempt": latest.last_attempt if latest else None,
+        "last_status": latest.last_status if latest else None,
+        "last_error": latest.last_error if latest else None,
+        "consecutive_failures": max((c.failures for c in state.channels), default=0),
+        "channels": channels,
+    }
+    if secret is not None:
+        result["secret"] = secret
+    return result
+
+
 def _body(request: IRequest, body: bytes, status: int = 200) -> bytes:
     """A complete JSON response (with Content-Length, so no chunking)."""
     request.setResponseCode(status)

@@ -20,6 +20,7 @@ from eventbus.service import (
 from eventbus.site import DEFAULT_MAX_BODY, EventBusSite
 from eventbus.sse import DEFAULT_HEARTBEAT_S
 from eventbus.store import Store
+from eventbus.webhooks import DEFAULT_DISABLE_AFTER_S, DEFAULT_LEASE_S, WebhookService
 
 DEFAULT_LISTEN = "tcp:33002"
 
@@ -37,6 +38,19 @@ class Options(usage.Options):
         ["max-batch", None, DEFAULT_MAX_BATCH, "Most events in one batch publish.", int],
         ["heartbeat", None, DEFAULT_HEARTBEAT_S,
          "Seconds of silence after which an SSE stream gets a keep-alive comment.", float],
+        ["webhook-disable-after", None, DEFAULT_DISABLE_AFTER_S,
+         "Disable a webhook subscription that has been failing for longer than"
+         " this many seconds.", float],
+        ["webhook-retry-scale", None, 1.0,
+         "Multiply every webhook retry delay by this factor (a testing aid).", float],
+        ["webhook-lease", None, DEFAULT_LEASE_S,
+         "Seconds a process's claim on a webhook subscription holds without renewal;"
+         " another process takes over this long after the owner died.", float],
+    ]
+    optFlags = [
+        ["webhook-allow-private", None,
+         "Allow webhook URLs on loopback, private, link-local and other non-public"
+         " addresses."],
     ]
 
     def __init__(self) -> None:
@@ -58,6 +72,12 @@ class Options(usage.Options):
             raise usage.UsageError("--pool-size must be at least 1")
         if not (math.isfinite(self["heartbeat"]) and self["heartbeat"] > 0):
             raise usage.UsageError("--heartbeat must be a positive number of seconds")
+        if not self["webhook-disable-after"] > 0:
+            raise usage.UsageError("--webhook-disable-after must be a positive number of seconds")
+        if not self["webhook-retry-scale"] > 0:
+            raise usage.UsageError("--webhook-retry-scale must be positive")
+        if not 1 <= self["webhook-lease"] <= 3600:
+            raise usage.UsageError("--webhook-lease must be from 1 to 3600 seconds")
 
 
 def makeService(options: Any, reactor: Any = None) -> service.IService:
@@ -78,8 +98,19 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
     DatabaseService(store, reactor).setServiceParent(root)
     ListenerService(listener).setServiceParent(root)
     consumers = Consumers(reactor, ConsumerStore(store), notifier)
+    # After the listener (it starts after the database and stops before it),
+    # before the ports (they stop first, so no request reaches it stopped).
+    webhooks = WebhookService(
+        reactor, store, notifier,
+        disable_after=options["webhook-disable-after"],
+        allow_private=bool(options["webhook-allow-private"]),
+        retry_scale=options["webhook-retry-scale"],
+        lease=options["webhook-lease"],
+    )
+    webhooks.setServiceParent(root)
     api = EventBusAPI(store, notifier, reactor, max_batch=options["max-batch"],
-                      heartbeat=options["heartbeat"], consumers=consumers)
+                      heartbeat=options["heartbeat"], consumers=consumers,
+                      webhooks=webhooks)
     site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(root)
