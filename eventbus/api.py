@@ -15,8 +15,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 import orjson
 from klein import Klein
-from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -25,7 +24,6 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
-from zope.interface import implementer
 
 from eventbus.consumers import (
     DEFAULT_LEASE_S,
@@ -54,6 +52,7 @@ from eventbus.model import (
     split_array,
 )
 from eventbus.notifier import Notifier
+from eventbus.pacer import Pacer
 from eventbus.sse import DEFAULT_HEARTBEAT_S, EventStreams
 from eventbus.store import PAGE_SIZE, Store
 from eventbus.webhooks import WebhookService
@@ -342,7 +341,7 @@ class EventBusAPI:
             after = head if first is None else first - 1
         remaining = limit if limit is not None else head
         request.setHeader(b"Content-Type", JSON)
-        pacer = _Pacer()
+        pacer = Pacer()
         request.registerProducer(pacer, True)
         try:
             request.write(b"[")
@@ -662,31 +661,6 @@ def _render_leased(context: str, channel: str, event: Event, deliveries: int,
 
 def _render_delivery(context: str, channel: str, d: Delivery) -> bytes:
     return _render_leased(context, channel, d.event, d.deliveries, d.lease)
-
-
-@implementer(IPushProducer)
-class _Pacer:
-    """Producer registered on a streaming response: the transport pauses us
-    when its buffer is full, and we fetch the next page only once it drains."""
-
-    def __init__(self) -> None:
-        self._paused: Optional[defer.Deferred] = None
-
-    def pauseProducing(self) -> None:
-        if self._paused is None:
-            self._paused = defer.Deferred()
-
-    def resumeProducing(self) -> None:
-        paused, self._paused = self._paused, None
-        if paused is not None:
-            paused.callback(None)
-
-    def stopProducing(self) -> None:
-        self.resumeProducing()
-
-    async def ready(self) -> None:
-        if self._paused is not None:
-            await self._paused
 
 
 class _Utf8PathGuard(Resource):

@@ -63,15 +63,7 @@ class EmbeddedPostgres:
                 self._initdb()
             self.socket_dir = self._socket_dir()
             if not self.is_running():
-                self._pg_ctl(
-                    [
-                        "-w", "-t", str(START_TIMEOUT_S),
-                        "-l", str(self.log_path),
-                        "-o", f"-c listen_addresses='' -c port={SOCKET_PORT}"
-                        f" -c unix_socket_directories='{self.socket_dir}'",
-                        "start",
-                    ]
-                )
+                self._start_server()
             self._ensure_database()
             self._users_lock = open(self.data_dir / "users.lock", "a")
             fcntl.flock(self._users_lock, fcntl.LOCK_SH)
@@ -100,16 +92,7 @@ class EmbeddedPostgres:
     def restart_after_outage(self) -> None:
         """Start a server stopped with ``stop(force=True)`` (tests only)."""
         with self._exclusive("start.lock"):
-            assert self.socket_dir is not None
-            self._pg_ctl(
-                [
-                    "-w", "-t", str(START_TIMEOUT_S),
-                    "-l", str(self.log_path),
-                    "-o", f"-c listen_addresses='' -c port={SOCKET_PORT}"
-                    f" -c unix_socket_directories='{self.socket_dir}'",
-                    "start",
-                ]
-            )
+            self._start_server()
 
     def is_running(self) -> bool:
         try:
@@ -139,6 +122,19 @@ class EmbeddedPostgres:
             # it must not hold our pipes open, hence the log file above.
         )
         return result.stdout
+
+    def _start_server(self) -> None:
+        assert self.socket_dir is not None
+        self._pg_ctl(
+            [
+                "-w", "-t", str(START_TIMEOUT_S),
+                "-l", str(self.log_path),
+                # Unix socket only: nothing listens on the network.
+                "-o", f"-c listen_addresses='' -c port={SOCKET_PORT}"
+                f" -c unix_socket_directories='{self.socket_dir}'",
+                "start",
+            ]
+        )
 
     def _pg_ctl(self, args: list[str]) -> str:
         return self._run("pg_ctl", ["-D", str(self.pgdata), *args])

@@ -35,14 +35,14 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from zope.interface import implementer
 
 from eventbus.errors import Unavailable
 from eventbus.model import MAX_ID, Event, render_event
 from eventbus.notifier import Notifier
+from eventbus.pacer import Pacer
 from eventbus.store import Store
 
 log = Logger()
@@ -80,51 +80,6 @@ def frame(context: str, channel: str, event: Event) -> bytes:
     else:
         data = b"data: " + body + b"\n"
     return b"id: %d\nevent: event\n%s\n" % (event.id, data)
-
-
-@implementer(IPushProducer)
-class Pacer:
-    """Push producer registered on a stream's request.
-
-    The transport pauses it when its write buffer fills and resumes it when
-    the buffer is empty again; the stream loop awaits :meth:`ready` before
-    every store read, so it reads as fast as the client reads and no faster.
-    """
-
-    def __init__(self) -> None:
-        self._paused: Optional[defer.Deferred] = None
-        self.stopped = False
-
-    @property
-    def paused(self) -> bool:
-        return self._paused is not None
-
-    def pauseProducing(self) -> None:
-        if self._paused is None:
-            self._paused = defer.Deferred()
-
-    def resumeProducing(self) -> None:
-        paused, self._paused = self._paused, None
-        if paused is not None and not self.stopped:
-            paused.callback(None)
-
-    def stopProducing(self) -> None:
-        # The connection is gone.  The transport tells us just before the
-        # request learns it, in the same call, and the request's
-        # notifyFinish then cancels the handler; resuming here would only run
-        # the loop once more against a dead connection.
-        self.stopped = True
-
-    def ready(self) -> defer.Deferred:
-        """Fires when the client has drained what it was sent.
-
-        Once stopped, never fires: the handler is being cancelled.
-        """
-        if self.stopped:
-            return defer.Deferred()
-        if self._paused is not None:
-            return self._paused
-        return defer.succeed(None)
 
 
 class EventStreams:

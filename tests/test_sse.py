@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
