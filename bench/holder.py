@@ -76,7 +76,8 @@ class IdleWaiters:
     n waiters for the duration of the block.
 
     Entering returns once every request is sent *and* the server has gone
-    quiet (it has registered them: a long poll gives no answer saying so).
+    quiet (it has registered them: a long poll gives no answer saying so);
+    leaving, once the server has gone quiet again after the disconnects.
     """
 
     def __init__(self, port: int, count: int, template: str,
@@ -125,6 +126,9 @@ class IdleWaiters:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        if self.server_pid is not None:
+            # Let the server finish dropping them before the next measurement.
+            wait_quiet(self.server_pid, timeout=self.timeout)
 
 
 def main(argv: list[str]) -> int:

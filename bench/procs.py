@@ -29,6 +29,10 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 #: Debian's Nchan package drops its ``load_module`` line here.
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+#: Listen backlog of every server (Twisted's default is 50): thousands of
+#: long-poll clients connecting at once would otherwise overflow it and wait
+#: out SYN retransmits, which measures the kernel's back-off, not the server.
+BACKLOG = 4096
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -211,7 +215,7 @@ class EventBus(ServerProcess):
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "eventbus", "--dsn", self.dsn,
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.extra]
+                "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog={BACKLOG}", *self.extra]
 
 
 class BaselineKlein(ServerProcess):
@@ -221,7 +225,7 @@ class BaselineKlein(ServerProcess):
 
     def command(self) -> list[str]:
         return [sys.executable, str(REPO / "bench" / "baseline_klein.py"),
-                f"tcp:{self.port}:interface=127.0.0.1"]
+                f"tcp:{self.port}:interface=127.0.0.1:backlog={BACKLOG}"]
 
 
 def nchan_missing() -> Optional[str]:
@@ -246,7 +250,7 @@ http {{
     client_body_temp_path {workdir}/nginx-body;
     nchan_max_reserved_memory 512M;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog={backlog};
         location = /health {{ return 200 '{{"status": "ok"}}'; }}
         location ~ ^/pub/([A-Za-z0-9_.:-]+)$ {{
             nchan_publisher;
@@ -281,7 +285,7 @@ class Nchan(ServerProcess):
         conf = self.workdir / f"nginx-{self.port}.conf"
         nofile = raise_nofile()
         conf.write_text(NGINX_CONF.format(
-            module=NCHAN_MODULE, workdir=self.workdir, port=self.port,
+            module=NCHAN_MODULE, workdir=self.workdir, port=self.port, backlog=BACKLOG,
             nofile=nofile, connections=max(1024, nofile - 100)))
         (self.workdir / "nginx-body").mkdir(exist_ok=True)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"

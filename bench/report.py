@@ -30,7 +30,7 @@ class Target:
         sign = "≥" if self.kind.endswith("min") else "≤"
         if self.kind.startswith("ratio"):
             return f"{sign} {self.limit:g}×"
-        return f"{sign} {self.limit:g} {self.unit}".rstrip()
+        return f"{sign} {self.limit:,g} {self.unit}".rstrip()
 
     def check(self, value: Optional[float], ratio: Optional[float]) -> Optional[bool]:
         subject = ratio if self.kind.startswith("ratio") else value
