@@ -146,7 +146,7 @@ def table(results: list[Result]) -> str:
             beside = ""
             if fig.baseline_name:
                 beside = f"{_fmt(fig.baseline, fig.unit)} ({fig.baseline_name})"
-            ratio = f"{fig.ratio:.2f}×" if fig.ratio is not None else ""
+            ratio = f"{fig.ratio:.3g}×" if fig.ratio is not None else ""
             result = {True: "pass", False: "MISS", None: ""}[fig.passed]
             if fig.target is None and fig in res.references:
                 result = "(ref)"

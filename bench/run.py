@@ -111,7 +111,8 @@ def _scenarios() -> dict[str, Callable[[Context], Result]]:
 def missing_tools() -> list[str]:
     notes = []
     if reason := wrk.missing():
-        notes.append(f"{reason}: scenarios publish, batch and waiters will be skipped")
+        notes.append(f"{reason}: scenarios publish and batch will be skipped, "
+                     "and the throughput part of waiters")
     if reason := procs.nchan_missing():
         notes.append(f"Nchan {reason}: reference C will be reported as not installed")
     return notes

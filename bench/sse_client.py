@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import resource
 import select
 import socket
 import sys
@@ -155,8 +156,10 @@ def run(port: int, count: int, path: str, max_seq: int) -> dict:
     print(json.dumps({"ready": statuses.get("200", 0), "statuses": statuses}), flush=True)
 
     poll.register(stdin, select.EPOLLIN)
+    wall0, cpu0 = time.monotonic(), _cpu()
     while not pump(0.5, None):
         pass
+    busy = (_cpu() - cpu0) / max(1e-9, time.monotonic() - wall0)
     order = json.loads(sys.stdin.readline())
     poll.unregister(stdin)
     sent = {int(k): v for k, v in order["sent"].items()}
@@ -198,10 +201,18 @@ def run(port: int, count: int, path: str, max_seq: int) -> dict:
         "p50_ms": pct(50),
         "p99_ms": pct(99),
         "max_ms": ordered[-1] * 1000 if ordered else None,
+        # Share of one core this client used while the events were published:
+        # near 100 % the client, not the server, sets the latencies.
+        "client_cpu_pct": round(100 * busy, 1),
     }
     for s in subs:
         s.sock.close()
     return result
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str]) -> int:
