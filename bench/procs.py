@@ -33,7 +33,6 @@ NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 #: long-poll clients connecting at once would otherwise overflow it and wait
 #: out SYN retransmits, which measures the kernel's back-off, not the server.
 BACKLOG = 4096
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -195,12 +194,6 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-
-    def __enter__(self) -> "ServerProcess":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class EventBus(ServerProcess):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 MEASURED = "measured"
 SKIPPED = "skipped"
@@ -39,18 +39,18 @@ class Target:
         return subject >= self.limit if self.kind.endswith("min") else subject <= self.limit
 
 
-def median(values: list[float]) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+def median(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 @dataclass
 class Figure:
     name: str
     unit: str
-    rounds: list[Optional[float]]
+    rounds: Sequence[Optional[float]]
     baseline_name: Optional[str] = None
-    baseline_rounds: Optional[list[Optional[float]]] = None
+    baseline_rounds: Optional[Sequence[Optional[float]]] = None
     target: Optional[Target] = None
     note: str = ""
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from bench import procs, wrk
 from bench.report import FAILED, Result, table
@@ -31,6 +31,8 @@ SMOKE_ROUNDS = 1
 #: Length of one throughput measurement (one wrk run, one publish burst).
 DEFAULT_SECONDS = 10
 SMOKE_SECONDS = 1
+
+S = TypeVar("S", bound=procs.ServerProcess)
 
 
 class Context:
@@ -70,15 +72,11 @@ class Context:
             return None
         return self._start(procs.Nchan(self.workdir))
 
-    def _start(self, server: procs.ServerProcess) -> procs.ServerProcess:
+    def _start(self, server: S) -> S:
         log(f"starting {server.name} on port {server.port}")
         self._servers.append(server)
-        return server.start()
-
-    def release(self, server: procs.ServerProcess) -> None:
-        server.stop()
-        if server in self._servers:
-            self._servers.remove(server)
+        server.start()
+        return server
 
     def release_all(self) -> None:
         while self._servers:

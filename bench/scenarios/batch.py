@@ -9,9 +9,14 @@ to the same database, alternating.  Target: event bus ≥ 0.6 × B.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bench import baseline_pg, wrk
 from bench.report import Figure, Result, Target
 from bench.scenarios import CONTEXT, ISSUER, batch_body, event
+
+if TYPE_CHECKING:
+    from bench.run import Context
 
 NAME = "batch"
 TITLE = "batch publish, 100 events a request"
@@ -21,7 +26,7 @@ WRK_THREADS = 1
 TARGET_RATIO = 0.6
 
 
-def run(ctx) -> Result:
+def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE)
     if reason := wrk.missing():
         return result.skip(reason)

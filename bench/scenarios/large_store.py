@@ -26,6 +26,7 @@ import json
 import random
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import psycopg2
 
@@ -33,6 +34,9 @@ from bench.httpc import Connection, HTTPError
 from bench.procs import rss_kb
 from bench.report import Figure, Result, Target
 from bench.scenarios import CONTEXT
+
+if TYPE_CHECKING:
+    from bench.run import Context
 
 NAME = "large-store"
 TITLE = "reads with 1,000,000 events stored"
@@ -146,7 +150,7 @@ def p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def run(ctx) -> Result:
+def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE)
     total = ctx.size(1_000_000, 10_000)
     channel_count = ctx.size(1000, 20)

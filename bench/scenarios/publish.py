@@ -8,9 +8,14 @@ Reference C: the same load on Nchan's publisher endpoint.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bench import wrk
 from bench.report import Figure, Result, Target
 from bench.scenarios import CONTEXT, EVENT
+
+if TYPE_CHECKING:
+    from bench.run import Context
 
 NAME = "publish"
 TITLE = "single-event publish, 64 keep-alive clients"
@@ -22,7 +27,7 @@ WRK_THREADS = 1
 TARGET_RATIO = 0.8
 
 
-def run(ctx) -> Result:
+def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE)
     if reason := wrk.missing():
         return result.skip(reason)
@@ -32,7 +37,7 @@ def run(ctx) -> Result:
     rounds: dict[str, list] = {"eventbus": [], "baseline": [], "nchan": []}
     runs: dict[str, list] = {"eventbus": [], "baseline": [], "nchan": []}
 
-    def measure(label: str, port: int, prefix: str, round_no: int) -> None:
+    def measure(label: str, port: int, prefix: str) -> None:
         out = wrk.post(port, prefix, EVENT, channels=CHANNELS, connections=CONNECTIONS,
                        seconds=ctx.seconds, threads=WRK_THREADS, workdir=ctx.workdir,
                        tag=f"{NAME}-{label}")
@@ -40,10 +45,10 @@ def run(ctx) -> Result:
         rounds[label].append(out["rps"])
 
     for r in range(ctx.rounds):
-        steps = [lambda r=r: measure("eventbus", bus.port, f"/events/{CONTEXT}/p", r),
-                 lambda r=r: measure("baseline", base.port, f"/events/{CONTEXT}/p", r)]
+        steps = [lambda: measure("eventbus", bus.port, f"/events/{CONTEXT}/p"),
+                 lambda: measure("baseline", base.port, f"/events/{CONTEXT}/p")]
         if nchan is not None:
-            steps.append(lambda r=r: measure("nchan", nchan.port, "/pub/p", r))
+            steps.append(lambda: measure("nchan", nchan.port, "/pub/p"))
         ctx.alternate(r, *steps)
 
     result.figures.append(Figure(

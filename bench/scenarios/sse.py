@@ -26,12 +26,15 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from bench.httpc import Connection
 from bench.procs import REPO, wait_quiet
 from bench.report import Figure, Result, Target
 from bench.scenarios import CONTEXT, PUBLISH_HEADERS
+
+if TYPE_CHECKING:
+    from bench.run import Context
 
 NAME = "sse"
 TITLE = "SSE fan-out"
@@ -146,7 +149,7 @@ def fan_out(port: int, pid: int, subscribers: int, stream_path: str, publish_pat
     return outcome
 
 
-def run(ctx) -> Result:
+def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE)
     subscribers = ctx.size(1000, 20)
     drain_s = ctx.size(5, 2)

@@ -15,10 +15,15 @@ Reference C: Nchan's worker RSS holding as many long-poll subscribers.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bench import wrk
 from bench.holder import IdleWaiters
 from bench.report import Figure, Result, Target
 from bench.scenarios import CONTEXT, EVENT
+
+if TYPE_CHECKING:
+    from bench.run import Context
 
 NAME = "waiters"
 TITLE = "10,000 long-poll waiters on one process"
@@ -29,7 +34,7 @@ RSS_MAX_MB = 400
 TARGET_RATIO = 0.9
 
 
-def run(ctx) -> Result:
+def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE)
     no_wrk = wrk.missing()
     count = ctx.size(10_000, 200)

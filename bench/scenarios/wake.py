@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from bench.holder import IdleWaiters
 from bench.httpc import Connection, HTTPError
 from bench.report import Figure, Result, Target
 from bench.scenarios import CONTEXT, EVENT, PUBLISH_HEADERS
+
+if TYPE_CHECKING:
+    from bench.run import Context
 
 NAME = "wake"
 TITLE = "publish-to-wake latency, long-poll peek"
@@ -60,7 +63,7 @@ async def wake_latencies(port: int, samples: int, waiter_path: Callable[[int], s
     return latencies
 
 
-def run(ctx) -> Result:
+def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE)
     idle = ctx.size(5000, 200)
     samples = ctx.size(500, 20)
