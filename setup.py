@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     # twisted.plugins is a namespace for the twistd dropin; it must not get
     # an __init__.py of ours (see Twisted's plugin documentation).
-    packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
+    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/eventbus_plugin.py"]},
     install_requires=[
         "Twisted>=23.10",

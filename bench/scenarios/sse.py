@@ -1,0 +1,200 @@
+"""Scenario 6: Server-Sent-Events fan-out.
+
+Contract (the endpoint is built on another branch): ``GET
+/events/{context}/{channel}/stream?after=<id>`` answers ``text/event-stream``
+with one message per event, ``id: <id>``, ``event: event``, ``data: <event
+JSON>``.  When the server answers that path with ``404`` the scenario is
+skipped with that reason.
+
+1,000 subscribers (one lean epoll process, :mod:`bench.sse_client`) stream
+one channel from ``after=0``; one event (seq 0, not counted) is published
+first so every stream starts with a message and its headers.  Once all have
+their headers and the server is quiet, events carrying ``"seq": k`` are published at 200 events/s for the
+measurement time over 4 keep-alive connections.  Every subscriber records
+when each seq first arrived; latency is arrival minus the instant just
+before that event's POST was written (one monotonic clock for both
+processes).  Targets: every event reaches every subscriber (100 %), p99 ≤
+50 ms.  Reference C: Nchan's EventSource subscriber, same procedure.
+"""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Optional
+
+from bench.httpc import Connection
+from bench.procs import REPO, wait_quiet
+from bench.report import Figure, Result, Target
+from bench.scenarios import CONTEXT, PUBLISH_HEADERS
+
+if TYPE_CHECKING:
+    from bench.run import Context
+
+NAME = "sse"
+TITLE = "SSE fan-out"
+RATE = 200
+PUBLISH_CONNECTIONS = 4
+P99_MAX_MS = 50.0
+PAD = "0123456789abcdef0123456789abcdef"
+READY_TIMEOUT_S = 120
+#: Above this share of a core the subscriber process itself adds latency.
+CLIENT_BUSY_PCT = 70
+
+
+def publish_one(port: int, path: str, seq: int) -> int:
+    """One blocking POST; its status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, _body(seq), PUBLISH_HEADERS)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _body(seq: int) -> bytes:
+    return b'{"seq":%d,"pad":"%s"}' % (seq, PAD.encode())
+
+
+def probe(port: int, publish_path: str, stream_path: str) -> Optional[int]:
+    """The status a stream request gets (reading only the status line).
+
+    One event is published first: a server may well send its headers only
+    with the first message.
+    """
+    publish_one(port, publish_path, 0)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"GET {stream_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         "Accept: text/event-stream\r\n\r\n".encode())
+            line = sock.makefile("rb").readline()
+        return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def publish_at_rate(port: int, path: str, count: int, rate: float) -> dict:
+    """POST ``count`` events at ``rate``/s; the monotonic send time of each seq."""
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(PUBLISH_CONNECTIONS):
+        pool.put_nowait(await Connection(port).connect())
+    sent: dict[int, float] = {}
+    failed = []
+
+    async def one(seq: int, conn: Connection) -> None:
+        body = _body(seq)
+        sent[seq] = time.monotonic()
+        resp = await conn.request("POST", path, body, PUBLISH_HEADERS)
+        if not 200 <= resp.status < 300:
+            failed.append(resp.status)
+            del sent[seq]
+        pool.put_nowait(conn)
+
+    loop = asyncio.get_running_loop()
+    tasks = []
+    t0 = loop.time()
+    for seq in range(1, count + 1):
+        delay = t0 + (seq - 1) / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(seq, await pool.get())))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - t0
+    while not pool.empty():
+        pool.get_nowait().close()
+    return {"sent": sent, "failed": len(failed), "rate": count / elapsed if elapsed else 0.0}
+
+
+def fan_out(port: int, pid: int, subscribers: int, stream_path: str, publish_path: str,
+            seconds: int, drain_s: float) -> dict:
+    count = RATE * seconds
+    # seq 0 before anyone subscribes: every stream starts with it (after=0),
+    # so every server sends its headers at once; it is not counted.
+    status = publish_one(port, publish_path, 0)
+    if not 200 <= status < 300:
+        raise RuntimeError(f"publishing to {publish_path} answered {status}")
+    client = subprocess.Popen(
+        [sys.executable, "-m", "bench.sse_client", str(port), str(subscribers),
+         stream_path, str(count + 10)],
+        cwd=str(REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        ready = json.loads(client.stdout.readline() or "{}")
+        if ready.get("ready") != subscribers:
+            raise RuntimeError(f"SSE subscribers not all connected: {ready}")
+        wait_quiet(pid, timeout=READY_TIMEOUT_S)
+        published = asyncio.run(publish_at_rate(port, publish_path, count, RATE))
+        client.stdin.write(json.dumps({"sent": published["sent"], "drain_s": drain_s}) + "\n")
+        client.stdin.flush()
+        outcome = json.loads(client.stdout.readline() or "{}")
+        client.wait(60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    if not outcome:
+        raise RuntimeError("the SSE client gave no result")
+    outcome["publish_rate"] = published["rate"]
+    outcome["publish_failed"] = published["failed"]
+    expected = outcome["expected"]
+    outcome["delivered_pct"] = 100.0 * outcome["received"] / expected if expected else 0.0
+    return outcome
+
+
+def run(ctx: Context) -> Result:
+    result = Result(NAME, TITLE)
+    subscribers = ctx.size(1000, 20)
+    drain_s = ctx.size(5, 2)
+    bus = ctx.eventbus(ctx.database("sse"))
+    status = probe(bus.port, f"/events/{CONTEXT}/probe",
+                   f"/events/{CONTEXT}/probe/stream?after=0")
+    if status != 200:
+        return result.skip(f"endpoint missing ({status})" if status == 404
+                           else f"endpoint answers {status}, not 200")
+    nchan = ctx.nchan()
+    runs: dict[str, list[dict]] = {"eventbus": [], "nchan": []}
+
+    for r in range(ctx.rounds):
+        steps = [lambda r=r: runs["eventbus"].append(fan_out(
+            bus.port, bus.pid, subscribers, f"/events/{CONTEXT}/sse-{r}/stream?after=0",
+            f"/events/{CONTEXT}/sse-{r}", ctx.seconds, drain_s))]
+        if nchan is not None:
+            steps.append(lambda r=r: runs["nchan"].append(fan_out(
+                nchan.port, nchan.worker_pid, subscribers, f"/sse/sse-{r}",
+                f"/pub/sse-{r}", ctx.seconds, drain_s)))
+        ctx.alternate(r, *steps)
+
+    def series(label: str, key: str) -> list:
+        return [o[key] for o in runs[label]]
+
+    label = f"{subscribers:,} subscribers, {RATE} events/s"
+    result.figures.append(Figure(f"SSE delivered, {label}", "%", series("eventbus", "delivered_pct"),
+                                 target=Target("min", 100.0, "%")))
+    result.figures.append(Figure(f"SSE p99 latency, {label}", "ms", series("eventbus", "p99_ms"),
+                                 target=Target("max", P99_MAX_MS, "ms")))
+    result.figures.append(Figure(f"SSE p50 latency, {label}", "ms", series("eventbus", "p50_ms")))
+    if nchan is not None:
+        result.references.append(Figure("C: Nchan EventSource delivered", "%",
+                                        series("nchan", "delivered_pct")))
+        result.references.append(Figure("C: Nchan EventSource p99 latency", "ms",
+                                        series("nchan", "p99_ms")))
+    else:
+        result.notes.append("reference C (Nchan): not installed")
+    busy = max((o["client_cpu_pct"] for o in runs["eventbus"] + runs["nchan"]), default=0)
+    if busy > CLIENT_BUSY_PCT:
+        result.notes.append(
+            f"the SSE client used up to {busy:.0f} % of a core while events were published: "
+            "latencies that high are partly the client's (see details.runs[].client_cpu_pct)")
+    short = [o["publish_rate"] for o in runs["eventbus"] if o["publish_rate"] < 0.95 * RATE]
+    if short:
+        result.notes.append(f"publishers reached only {min(short):.0f} events/s of {RATE}")
+    result.details = {"subscribers": subscribers, "rate": RATE, "runs": runs}
+    return result
