@@ -49,6 +49,7 @@ from eventbus.model import (
     error_body,
     parse_payload,
     render_event,
+    render_events,
     split_array,
 )
 from eventbus.notifier import Notifier
@@ -110,10 +111,8 @@ class EventBusAPI:
             return await self._publish_batch(request, context, channel, issuer, text, value)
         if not isinstance(value, dict):
             raise BadRequest("the payload must be a JSON object (or an array of objects)")
-        first_id, ts = await self.store.append(context, channel, issuer, f"[{text}]")
-        event = Event(first_id, ts, issuer, text)
-        self.notifier.published(context, channel, [event])
-        request.setHeader(b"Location", f"/events/{context}/{channel}/{first_id}".encode())
+        [event] = await self.store.append(context, channel, issuer, [text])
+        request.setHeader(b"Location", f"/events/{context}/{channel}/{event.id}".encode())
         return _body(request, render_event(context, channel, event), 201)
 
     async def _publish_batch(self, request: IRequest, context: str, channel: str,
@@ -128,10 +127,8 @@ class EventBusAPI:
             if not isinstance(value, dict):
                 raise BadRequest(f"batch element {i} is not a JSON object")
         payloads = split_array(text)
-        first_id, ts = await self.store.append(context, channel, issuer, text, len(payloads))
-        events = [Event(first_id + i, ts, issuer, payload) for i, payload in enumerate(payloads)]
-        self.notifier.published(context, channel, events)
-        body = b"[" + b",".join(render_event(context, channel, e) for e in events) + b"]"
+        events = await self.store.append(context, channel, issuer, payloads)
+        body = b"[" + b",".join(render_events(context, channel, events)) + b"]"
         return _body(request, body, 201)
 
     @app.route("/events/<context>/<channel>", methods=["GET"])

@@ -102,17 +102,31 @@ def split_array(text: str) -> list[str]:
 
 def render_event(context: str, channel: str, event: Event) -> bytes:
     """The event object as JSON bytes (context/channel need no escaping)."""
-    return b"".join(
-        (
-            b'{"id":', str(event.id).encode(),
-            b',"issuer":', orjson.dumps(event.issuer),
-            b',"context":"', context.encode(),
-            b'","channel":"', channel.encode(),
-            b'","timestamp":', repr(event.timestamp).encode(),
-            b',"payload":', event.payload.encode("utf-8"),
-            b"}",
-        )
-    )
+    return _template(context, channel, event) % (event.id, event.payload.encode("utf-8"))
+
+
+def render_events(context: str, channel: str, events: list[Event]) -> list[bytes]:
+    """Several events of one channel; a batch shares issuer and timestamp,
+    so the constant part of the object is built once."""
+    out = []
+    template = b""
+    key: tuple[str, float] = ("", -1.0)
+    for event in events:
+        if (event.issuer, event.timestamp) != key:
+            key = (event.issuer, event.timestamp)
+            template = _template(context, channel, event)
+        out.append(template % (event.id, event.payload.encode("utf-8")))
+    return out
+
+
+def _template(context: str, channel: str, event: Event) -> bytes:
+    return b"".join((
+        b'{"id":%d,"issuer":', orjson.dumps(event.issuer).replace(b"%", b"%%"),
+        b',"context":"', context.encode(),
+        b'","channel":"', channel.encode(),
+        b'","timestamp":', repr(event.timestamp).encode(),
+        b',"payload":%s}',
+    ))
 
 
 def error_body(message: str) -> bytes:

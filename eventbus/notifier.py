@@ -70,6 +70,12 @@ class Notifier:
         self._channels: dict[ChannelKey, _Channel] = {}
         self._watchers: dict[tuple[str, Optional[str]], set[Watcher]] = {}
         self.tail = TailCache()
+        # The store tells us of every append it commits, before answering the
+        # publisher; their NOTIFY echoes are then skipped (on_notification).
+        self._own_pids: Callable[[], frozenset[int]] = getattr(
+            store, "backend_pids", lambda: frozenset())
+        if store is not None:
+            store.on_append = self.published
 
     # -- waiting ------------------------------------------------------------
     async def wait(self, context: str, channel: str, cursor: int,
@@ -98,7 +104,11 @@ class Notifier:
     def published(self, context: str, channel: str, events: list[Event]) -> None:
         """This process committed ``events``: remember them and wake their channel
         (other processes hear of them through NOTIFY)."""
-        self.tail.add((context, channel), events)
+        key = (context, channel)
+        # Only channels somebody reads are worth memory (publish-only load
+        # skips this); a channel's run starts with its first wake-up read.
+        if key in self._channels or self.tail.holds(key):
+            self.tail.add(key, events)
         self.notify(context, channel, events[-1].id)
 
     def waiting(self) -> int:
@@ -224,20 +234,29 @@ class Notifier:
             if not ch.waiters and self._channels.get(key) is ch:
                 del self._channels[key]
 
-    def on_notification(self, payload: str) -> None:
-        """Parse a ``<context>/<channel>/<id>`` notification and wake its channel."""
+    def on_notification(self, payload: str, pid: int = 0) -> None:
+        """Parse a ``<context>/<channel>/<id>`` notification and wake its channel.
+
+        An append committed through this process's own pool was announced
+        already (:meth:`published`, called by the store at commit), so its
+        echo is skipped; ``head`` 0 (a consumer state change) never is.
+        """
         try:
             rest, head = payload.rsplit("/", 1)
             context, channel = rest.split("/", 1)
-            self.notify(context, channel, int(head))
+            head_id = int(head)
         except ValueError:
             log.warn("ignoring malformed notification {payload!r}", payload=payload)
+            return
+        if head_id and pid in self._own_pids():
+            return
+        self.notify(context, channel, head_id)
 
 
 class Listener:
     """The LISTEN connection: forwards notifications, re-arms itself after outages."""
 
-    def __init__(self, reactor: Any, dsn: str, on_notification: Callable[[str], None],
+    def __init__(self, reactor: Any, dsn: str, on_notification: Callable[[str, int], None],
                  on_recovered: Callable[[], None]) -> None:
         self.reactor = reactor
         self.dsn = dsn
@@ -274,7 +293,7 @@ class Listener:
 
     def _observe(self, notify: Any) -> None:
         if notify.channel == NOTIFY_CHANNEL:
-            self.on_notification(notify.payload)
+            self.on_notification(notify.payload, notify.pid)
 
     async def _recovered(self) -> None:
         log.info("LISTEN connection re-established; re-checking waiting channels")

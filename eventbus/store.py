@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, TypeVar
+from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 import psycopg2
 import psycopg2.errors
@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
 
 from eventbus.errors import Unavailable
-from eventbus.model import Event
+from eventbus.model import Event, split_array
 
 log = Logger()
 
@@ -47,6 +47,38 @@ MAX_FLUSHES_IN_FLIGHT = 2
 MAX_GROUP_EVENTS = 5000
 
 T = TypeVar("T")
+
+#: One group commit in one statement.  Per channel (in key order, which is
+#: the lock order): bump the counter row by the group's count, taking the
+#: ids last_id-n+1 .. last_id; then insert every event with its position
+#: within its channel's share; then one NOTIFY per channel, delivered at
+#: commit.  Positions are computed by the caller (see Store._write_group).
+_APPEND_SQL = """/* eventbus_append: group commit */
+WITH req AS (
+    SELECT * FROM unnest(%(ctx)s::text[], %(ch)s::text[], %(n)s::bigint[])
+           WITH ORDINALITY AS r(context, channel, n, ord)
+), upd AS (
+    INSERT INTO channels AS c (context, channel, last_id, last_ts)
+    SELECT context, channel, n, clock_timestamp() FROM req ORDER BY ord
+    ON CONFLICT (context, channel) DO UPDATE
+       SET last_id = c.last_id + EXCLUDED.last_id,
+           last_ts = greatest(c.last_ts, EXCLUDED.last_ts)
+    RETURNING c.id, c.context, c.channel, c.last_id, c.last_ts
+), ev AS (
+    SELECT * FROM ROWS FROM (json_array_elements(%(payloads)s::json),
+                             unnest(%(e_ch)s::int[]), unnest(%(e_pos)s::int[]),
+                             unnest(%(e_iss)s::int[])) AS e(payload, ch, pos, iss)
+), ins AS (
+    INSERT INTO events (channel_id, id, ts, issuer, payload)
+    SELECT upd.id, upd.last_id - req.n + ev.pos, upd.last_ts,
+           (%(issuers)s::text[])[ev.iss], ev.payload
+      FROM ev
+      JOIN req ON req.ord = ev.ch
+      JOIN upd ON upd.context = req.context AND upd.channel = req.channel
+)
+SELECT upd.context, upd.channel, upd.last_id, extract(epoch FROM upd.last_ts)::float8
+  FROM upd, pg_notify('eventbus', upd.context || '/' || upd.channel || '/' || upd.last_id)
+"""
 
 _EVENT_COLUMNS = "e.id, extract(epoch FROM e.ts)::float8, e.issuer, e.payload::text"
 _CHANNEL_ID = "(SELECT id FROM channels WHERE context = %(context)s AND channel = %(channel)s)"
@@ -178,6 +210,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (subscription_id, channel)
     );
     """,
+    # 5: appends are one set-based statement now (_APPEND_SQL)
+    """
+    DROP FUNCTION IF EXISTS eventbus_append_many(text[], text[], text[], text[]);
+    DROP FUNCTION IF EXISTS eventbus_append(text, text, text, json);
+    """,
 ]
 
 
@@ -227,7 +264,26 @@ class _Pool(txpostgres.ConnectionPool):
         super().__init__(None, **connect_kwargs(dsn))
 
     def connectionFactory(self, reactor: Any, cooperator: Any) -> txpostgres.Connection:  # type: ignore[override]
-        return make_connection(reactor)
+        conn = make_connection(reactor)
+        self._all = getattr(self, "_all", [])
+        self._all.append(conn)
+        conn.detector.addRecoveryHandler(self._forget_pids)
+        return conn
+
+    _pids: Optional[frozenset[int]] = None
+
+    def _forget_pids(self) -> None:
+        self._pids = None
+
+    def backend_pids(self) -> frozenset[int]:
+        if self._pids is None:
+            pids = set()
+            for conn in self._all:
+                raw = conn.pollable()
+                if raw is not None and not raw.closed:
+                    pids.add(raw.get_backend_pid())
+            self._pids = frozenset(pids)
+        return self._pids
 
     def _take(self) -> txpostgres.Connection:
         for c in self.connections:
@@ -261,8 +317,10 @@ class Store:
         self.timeout = timeout
         self._pool: Optional[_Pool] = None
         self._queue: deque[_Append] = deque()
-        self._queued_events = 0
         self._flushing = 0
+        #: Told of every committed append, before its requester: the
+        #: notifier wakes this process's waiters from it.
+        self.on_append: Optional[Callable[[str, str, list[Event]], None]] = None
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
@@ -304,35 +362,31 @@ class Store:
 
     # -- writes -------------------------------------------------------------
     async def append(self, context: str, channel: str, issuer: str,
-                     payloads_json: str, count: int = 1) -> tuple[int, float]:
-        """Append the ``count`` payloads of a JSON array text, atomically and
-        in order; return (first id, timestamp).
+                     payloads: Union[list[str], str]) -> list[Event]:
+        """Append payloads (JSON object texts, or one JSON array text) to a
+        channel, atomically and in order; return the stored events.
 
         Group commit: appends that arrive while transactions are in flight
-        are queued and written together by the next one (one commit, one
-        fsync).  Resolves only after the transaction holding this append
-        has committed.
+        are queued and written together by the next one (one statement, one
+        commit, one fsync).  Resolves only after the transaction holding
+        this append has committed, and after :attr:`on_append` was told.
         """
-        item = _Append(context, channel, issuer, payloads_json, count)
+        if isinstance(payloads, str):
+            payloads = split_array(payloads)
+        item = _Append(context, channel, issuer, payloads)
         self._queue.append(item)
-        self._queued_events += count
         if self._flushing < MAX_FLUSHES_IN_FLIGHT:
             self._flush()
-        return await self._call(item.result)
+        return await item.result
 
     def _flush(self) -> None:
         """Write queued appends in one transaction, then flush again if more came."""
         group: list[_Append] = []
         events = 0
-        while self._queue and (not group or events + self._queue[0].count <= MAX_GROUP_EVENTS):
+        while self._queue and (not group or events + len(self._queue[0].payloads) <= MAX_GROUP_EVENTS):
             item = self._queue.popleft()
             group.append(item)
-            events += item.count
-        self._queued_events -= events
-        # Lock channel rows in one global order so concurrent groups (in this
-        # or other processes) cannot deadlock; sorted() is stable, so appends
-        # to one channel keep their arrival order.
-        group = sorted(group, key=lambda a: (a.context, a.channel))
+            events += len(item.payloads)
         self._flushing += 1
         d = defer.ensureDeferred(self._write_group(group))
         d.addBoth(self._flushed)
@@ -343,23 +397,74 @@ class Store:
             self._flush()
 
     async def _write_group(self, group: list["_Append"]) -> None:
+        # Channels in one global order, so concurrent groups (in this or
+        # other processes) lock channel rows in the same order and cannot
+        # deadlock; within a channel, appends keep their arrival order.
+        by_channel: dict[tuple[str, str], list[_Append]] = {}
+        for item in group:
+            by_channel.setdefault((item.context, item.channel), []).append(item)
+        keys = sorted(by_channel)
+        counts: list[int] = []
+        e_channel: list[str] = []
+        e_pos: list[str] = []
+        e_issuer: list[str] = []
+        payloads: list[str] = []
+        issuers: dict[str, str] = {}
+        for index, key in enumerate(keys, start=1):
+            pos = 0
+            ch = str(index)
+            for item in by_channel[key]:
+                item.offset = pos
+                iss = issuers.setdefault(item.issuer, str(len(issuers) + 1))
+                count = len(item.payloads)
+                e_pos.extend(map(str, range(pos + 1, pos + count + 1)))
+                pos += count
+                payloads.extend(item.payloads)
+                e_channel.extend([ch] * len(item.payloads))
+                e_issuer.extend([iss] * len(item.payloads))
+            counts.append(pos)
+        # Per-event columns travel as one array literal or one JSON array
+        # each: PostgreSQL parses those in C, while a Python list would
+        # become an ARRAY[...] expression of one constant per event.
+        params = {"ctx": [k[0] for k in keys], "ch": [k[1] for k in keys], "n": counts,
+                  "payloads": "[" + ",".join(payloads) + "]",
+                  "e_ch": "{" + ",".join(e_channel) + "}",
+                  "e_pos": "{" + ",".join(e_pos) + "}",
+                  "e_iss": "{" + ",".join(e_issuer) + "}",
+                  "issuers": list(issuers)}
         try:
-            rows = await self._pool_or_fail().runQuery(
-                "SELECT ord, first_id, ts FROM eventbus_append_many(%s, %s, %s, %s)",
-                ([a.context for a in group], [a.channel for a in group],
-                 [a.issuer for a in group], [a.payloads for a in group]),
-            )
+            rows = await _within(self.reactor, self._pool_or_fail().runQuery(_APPEND_SQL, params),
+                                 self.timeout)
         except Exception as e:
             if len(group) > 1 and not _is_outage(e):
                 # One bad append must not fail its neighbours: isolate it.
                 for item in group:
                     await self._write_group([item])
                 return
+            error: BaseException = e
+            if _is_outage(e) and not isinstance(e, Unavailable):
+                log.warn("database unavailable: {error!r}", error=e)
+                error = Unavailable("database unavailable")
             for item in group:
-                item.fail(e)
+                item.fail(error)
             return
-        for ord_, first_id, ts in rows:
-            group[ord_ - 1].succeed((first_id, ts))
+        count_of = dict(zip(keys, counts))
+        for context, channel, last_id, ts in rows:
+            base = last_id - count_of[(context, channel)]
+            for item in by_channel[(context, channel)]:
+                first = base + item.offset + 1
+                events = [Event(first + i, ts, item.issuer, p) for i, p in enumerate(item.payloads)]
+                if self.on_append is not None:
+                    try:
+                        self.on_append(context, channel, events)
+                    except Exception:
+                        log.failure("announcing appended events failed")
+                item.succeed(events)
+
+    def backend_pids(self) -> frozenset[int]:
+        """Server process ids of this store's pool connections, so the
+        notifier can skip notifications it already acted on at commit."""
+        return self._pool.backend_pids() if self._pool is not None else frozenset()
 
     # -- reads --------------------------------------------------------------
     async def ping(self) -> None:
@@ -469,22 +574,22 @@ def _is_outage(e: BaseException) -> bool:
 class _Append:
     """One queued append waiting for its group's commit."""
 
-    __slots__ = ("context", "channel", "issuer", "payloads", "count", "result")
+    __slots__ = ("context", "channel", "issuer", "payloads", "offset", "result")
 
-    def __init__(self, context: str, channel: str, issuer: str, payloads: str,
-                 count: int) -> None:
+    def __init__(self, context: str, channel: str, issuer: str, payloads: list[str]) -> None:
         self.context = context
         self.channel = channel
         self.issuer = issuer
         self.payloads = payloads
-        self.count = count
-        # The requester may stop waiting (disconnect, timeout): firing is
-        # then skipped, but the append itself still goes through.
+        #: events of the same channel ahead of this append in its group
+        self.offset = 0
+        # The requester may stop waiting (disconnect): firing is then
+        # skipped, but the append itself still goes through.
         self.result: defer.Deferred = defer.Deferred(lambda d: None)
 
-    def succeed(self, value: tuple[int, float]) -> None:
+    def succeed(self, events: list[Event]) -> None:
         if not self.result.called:
-            self.result.callback(value)
+            self.result.callback(events)
 
     def fail(self, error: BaseException) -> None:
         if not self.result.called:

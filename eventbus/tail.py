@@ -50,9 +50,24 @@ class TailCache:
     def add(self, key: ChannelKey, events: Iterable[Event]) -> None:
         """Remember committed events (any order; a gap past the run starts a
         new run, and events older than the run are ignored)."""
-        for event in sorted(events, key=lambda e: e.id):
+        events = list(events)
+        if any(events[i].id > events[i + 1].id for i in range(len(events) - 1)):
+            events.sort(key=lambda e: e.id)
+        for event in events:
             self._add_one(key, event)
+        run = self._runs.get(key)
+        if run is not None and len(run.events) > self.per_channel:
+            cut = len(run.events) - self.per_channel
+            weight = sum(_weight(e) for e in run.events[:cut])
+            del run.events[:cut]
+            run.first += cut
+            run.size -= weight
+            self._bytes -= weight
         self._evict()
+
+    def holds(self, key: ChannelKey) -> bool:
+        """Whether this channel has recent events in memory (it is being read)."""
+        return key in self._runs
 
     def get(self, key: ChannelKey, event_id: int) -> Optional[Event]:
         run = self._runs.get(key)
@@ -83,15 +98,7 @@ class TailCache:
         weight = _weight(event)
         run.size += weight
         self._bytes += weight
-        while len(run.events) > self.per_channel:
-            self._drop_first(run)
         self._runs.move_to_end(key)
-
-    def _drop_first(self, run: _Run) -> None:
-        weight = _weight(run.events.pop(0))
-        run.first += 1
-        run.size -= weight
-        self._bytes -= weight
 
     def _evict(self) -> None:
         while self._runs and (len(self._runs) > self.channels or self._bytes > self.max_bytes):
