@@ -6,6 +6,7 @@ listens; on shutdown the ports stop first and PostgreSQL last.
 """
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any, Callable, Optional
 
@@ -56,6 +57,26 @@ class SequentialService(service.MultiService):
                 log.failure("start-up failed in {service}: {error}", service=child.name or child, error=e)
                 self.reactor.stop()
                 return
+        tune_gc()
+
+
+#: Young-generation threshold of the cyclic garbage collector (CPython's
+#: default is 700).  Every request allocates hundreds of short-lived objects,
+#: and each collection of the old generation walks every live object: with
+#: 10,000 long polls held open that is about a million objects and several
+#: hundred milliseconds per pass, stalling every connection.  Collecting
+#: less often trades a little memory for far fewer such stalls.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Called once the server is up: what start-up loaded (modules, classes)
+    lives forever, so move it out of the collector's sight, and collect the
+    young generations less often (see GC_YOUNG_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, second, third)
 
     def stopService(self) -> defer.Deferred:
         service.Service.stopService(self)
