@@ -21,7 +21,13 @@ from twisted.logger import Logger
 
 from eventbus.errors import Unavailable
 from eventbus.model import MAX_ID, Event
-from eventbus.store import NOTIFY_CHANNEL, Store, connect_kwargs, make_connection
+from eventbus.store import (
+    NOTIFY_CHANNEL,
+    Store,
+    close_for_good,
+    connect_kwargs,
+    make_connection,
+)
 from eventbus.tail import TAIL_EVENTS, TailCache
 
 log = Logger()
@@ -284,11 +290,7 @@ class Listener:
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         if self._conn is not None:
-            self._conn.detector.removeRecoveryHandler(self._recovered)
-            try:
-                self._conn.close()
-            except Exception:
-                pass
+            close_for_good(self._conn)
             self._conn = None
 
     def _observe(self, notify: Any) -> None:

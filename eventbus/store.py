@@ -247,6 +247,19 @@ def make_connection(reactor: Any) -> txpostgres.Connection:
     return txpostgres.Connection(reactor, detector=detector)
 
 
+def close_for_good(conn: txpostgres.Connection) -> None:
+    """Close a self-reconnecting connection so it stays closed."""
+    conn.detector.deathChecker = lambda f: False
+    conn.detector.reconnect = lambda: defer.succeed(None)  # a retry under way ends
+    for handler in conn.detector.getRecoveryHandlers():
+        conn.detector.removeRecoveryHandler(handler)
+    try:
+        if conn.pollable() is not None:
+            conn.close()
+    except Exception:
+        pass
+
+
 def connect_kwargs(dsn: str) -> dict[str, Any]:
     return dict(
         dsn=dsn,
@@ -275,6 +288,13 @@ class _Pool(txpostgres.ConnectionPool):
         return conn
 
     _pids: Optional[frozenset[int]] = None
+
+    def shutdown(self) -> None:
+        """Close every connection, idle or busy, for good: txpostgres' own
+        ``close`` skips the busy ones, which then see the server go away
+        and start reconnecting to a database that is shutting down."""
+        for conn in getattr(self, "_all", []):
+            close_for_good(conn)
 
     def _forget_pids(self) -> None:
         self._pids = None
@@ -342,7 +362,7 @@ class Store:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.close()
+            self._pool.shutdown()
             self._pool = None
 
     async def migrate(self) -> int:
