@@ -278,36 +278,31 @@ class _Pool(txpostgres.ConnectionPool):
     def __init__(self, reactor: Any, dsn: str, size: int) -> None:
         self.reactor = reactor
         self.min = size
+        #: every connection, idle or checked out (txpostgres keeps only the idle)
+        self._all: list[txpostgres.Connection] = []
         super().__init__(None, **connect_kwargs(dsn))
 
     def connectionFactory(self, reactor: Any, cooperator: Any) -> txpostgres.Connection:  # type: ignore[override]
         conn = make_connection(reactor)
-        self._all = getattr(self, "_all", [])
         self._all.append(conn)
-        conn.detector.addRecoveryHandler(self._forget_pids)
         return conn
-
-    _pids: Optional[frozenset[int]] = None
 
     def shutdown(self) -> None:
         """Close every connection, idle or busy, for good: txpostgres' own
         ``close`` skips the busy ones, which then see the server go away
         and start reconnecting to a database that is shutting down."""
-        for conn in getattr(self, "_all", []):
+        for conn in self._all:
             close_for_good(conn)
 
-    def _forget_pids(self) -> None:
-        self._pids = None
-
     def backend_pids(self) -> frozenset[int]:
-        if self._pids is None:
-            pids = set()
-            for conn in self._all:
-                raw = conn.pollable()
-                if raw is not None and not raw.closed:
-                    pids.add(raw.get_backend_pid())
-            self._pids = frozenset(pids)
-        return self._pids
+        # Not cached: a dead connection's pid may be reused by another
+        # process's backend, whose notifications must not be skipped.
+        pids = set()
+        for conn in self._all:
+            raw = conn.pollable()
+            if raw is not None and not raw.closed and not conn.detector.connectionIsDead:
+                pids.add(raw.get_backend_pid())
+        return frozenset(pids)
 
     def _take(self) -> txpostgres.Connection:
         for c in self.connections:
@@ -466,9 +461,14 @@ class Store:
                     await self._write_group([item])
                 return
             error: BaseException = e
-            if _is_outage(e) and not isinstance(e, Unavailable):
-                log.warn("database unavailable: {error!r}", error=e)
-                error = Unavailable("database unavailable")
+            if _is_outage(e):
+                if not isinstance(e, Unavailable):
+                    log.warn("database unavailable: {error!r}", error=e)
+                    error = Unavailable("database unavailable")
+                # What queued behind this group would only wait for the
+                # same outage: answer it now rather than one timeout later.
+                group = group + list(self._queue)
+                self._queue.clear()
             for item in group:
                 item.fail(error)
             return
