@@ -17,7 +17,7 @@ from eventbus.service import (
     ListenerService,
     SequentialService,
 )
-from eventbus.site import DEFAULT_MAX_BODY, EventBusSite
+from eventbus.site import ACCESS_LOG_TWISTD, DEFAULT_MAX_BODY, EventBusSite
 from eventbus.sse import DEFAULT_HEARTBEAT_S
 from eventbus.store import Store
 from eventbus.webhooks import DEFAULT_DISABLE_AFTER_S, DEFAULT_LEASE_S, WebhookService
@@ -35,6 +35,10 @@ class Options(usage.Options):
         ["data-dir", None, "./eventbus-data", "Where the embedded PostgreSQL keeps its data."],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body, in bytes.", int],
         ["pool-size", None, 8, "Database connections per process.", int],
+        ["access-log", None, ACCESS_LOG_TWISTD,
+         "Where request lines go: 'twistd' (twistd's log, one event per request),"
+         " '-' (standard output, written in batches), a file path (written in"
+         " batches), or 'off'."],
         ["max-batch", None, DEFAULT_MAX_BATCH, "Most events in one batch publish.", int],
         ["heartbeat", None, DEFAULT_HEARTBEAT_S,
          "Seconds of silence after which an SSE stream gets a keep-alive comment.", float],
@@ -111,7 +115,8 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
     api = EventBusAPI(store, notifier, reactor, max_batch=options["max-batch"],
                       heartbeat=options["heartbeat"], consumers=consumers,
                       webhooks=webhooks)
-    site = EventBusSite(api.resource(), max_body=options["max-body"], reactor=reactor)
+    site = EventBusSite(api.resource(), max_body=options["max-body"],
+                        access_log=options["access-log"], reactor=reactor)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(root)
     return root
