@@ -43,6 +43,7 @@ from eventbus.consumerstore import (
 from eventbus.errors import Conflict, NotFound, Unavailable
 from eventbus.model import MAX_ID, Event
 from eventbus.notifier import Notifier
+from eventbus.store import QUERY_TIMEOUT_S
 
 __all__ = [
     "MODES", "ORDERED", "SHARED", "ConsumerConfig", "ConsumerStatus", "Consumers",
@@ -64,6 +65,10 @@ MAX_DELIVERIES_LIMIT = 1_000_000
 #: Wake this long after a lease expiry / delay end, so the re-check is not
 #: a hair early (the database clock and ours tick apart).
 EXPIRY_SLACK_S = 0.02
+#: Longest wait for this process's turn at a consumer's leasing round; with
+#: the round's own query timeout, a ``next`` answers 503 within two of them
+#: however many instances queue while the database hangs.
+LOCK_WAIT_S = QUERY_TIMEOUT_S
 
 
 class Delivery(NamedTuple):
@@ -193,7 +198,12 @@ class Consumers:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = defer.DeferredLock()
-        await lock.acquire()
+        acquiring = lock.acquire()
+        acquiring.addTimeout(LOCK_WAIT_S, self.reactor)  # cancelled: leaves the queue
+        try:
+            await acquiring
+        except defer.TimeoutError:
+            raise Unavailable(f"database did not answer within {LOCK_WAIT_S:g} s") from None
         try:
             return await self.store.lease(context, channel, name, DEFAULTS, choose, new_token)
         finally:
