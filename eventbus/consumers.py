@@ -22,6 +22,7 @@ wakes nobody.
 """
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Callable, NamedTuple, Optional
 
@@ -100,14 +101,21 @@ def blocked(b: Backlog) -> bool:
     return b.mode == ORDERED and (b.in_flight > 0 or b.first_pending is not None)
 
 
+_UINT = re.compile(r"[0-9]{1,19}\Z")
+#: What ``secrets.token_urlsafe`` makes, with room to spare.
+_TOKEN_RANDOM = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
 def new_token(event_id: int) -> str:
     """An opaque lease token; the event id in front makes the ack a key lookup."""
     return f"{event_id}.{secrets.token_urlsafe(16)}"
 
 
 def parse_token(token: str) -> Optional[int]:
+    """The event id of a token shaped like ours, else None (a 409: no such
+    lease); anything else, a NUL character say, never reaches the database."""
     head, sep, rest = token.partition(".")
-    if not sep or not rest or not head.isascii() or not head.isdigit() or len(head) > 19:
+    if not sep or not _UINT.match(head) or not _TOKEN_RANDOM.match(rest):
         return None
     event_id = int(head)
     return event_id if 1 <= event_id <= MAX_ID + 1 else None
