@@ -146,3 +146,27 @@ def test_retry_delays_grow_with_jitter_and_scale():
         for _ in range(20):
             assert (1 - JITTER) * nominal <= service.retry_delay(failures) <= (1 + JITTER) * nominal
     assert BACKOFF_S == (1.0, 5.0, 30.0, 120.0, 600.0, 3600.0)
+
+
+class _RefusingHTTP:
+    """An HTTP client that cannot even build the request (as treq raises for
+    a host its IDNA encoder refuses, an IPv6 literal for one)."""
+
+    def request(self, method, url, **kwargs):
+        raise ValueError("Codepoint U+003A at position 1 of '::1' not allowed")
+
+
+def test_an_attempt_that_cannot_be_sent_is_a_counted_failure_not_a_crash():
+    service = WebhookService(Clock(), None, None)  # type: ignore[arg-type]
+    service.http = _RefusingHTTP()  # type: ignore[assignment]
+    result = []
+    defer.ensureDeferred(service.attempt("http://[2606:4700::1111]/", b"k" * 32, "1/c/ch/1",
+                                         b"{}")).addBoth(result.append)
+    assert result == [(None, "ValueError: Codepoint U+003A at position 1 of '::1' not allowed")]
+
+
+@pytest.mark.parametrize("url", ["http://a_b/", "http://a..b/x", "http://%41/", "http://-a-/",
+                                 "https://" + "a" * 300 + ".example/"])
+def test_a_host_the_delivery_client_cannot_encode_is_refused_at_once(url):
+    with pytest.raises(BadRequest):
+        parse_url(url)
