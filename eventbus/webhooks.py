@@ -514,7 +514,8 @@ class _Owned:
             loop.stop()
 
     def _woken(self, context: str, channel: Optional[str], head: Optional[int]) -> None:
-        if self.stopped:
+        # head 0 announces no event (a durable consumer's state changed).
+        if self.stopped or head == 0:
             return
         if channel is None:  # after a LISTEN outage: anything may have changed
             for loop in self.loops.values():

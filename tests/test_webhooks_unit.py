@@ -170,3 +170,44 @@ def test_an_attempt_that_cannot_be_sent_is_a_counted_failure_not_a_crash():
 def test_a_host_the_delivery_client_cannot_encode_is_refused_at_once(url):
     with pytest.raises(BadRequest):
         parse_url(url)
+
+
+class _Subscriptions:
+    """The webhook store's deliverer side, for one subscription with no work."""
+
+    def __init__(self) -> None:
+        self.cursors: list[str] = []
+
+    async def pending_channels(self, sid, context):
+        return []
+
+    async def cursor(self, sid, channel, owner):
+        self.cursors.append(channel)
+        return 0
+
+
+class _EmptyStore:
+    async def page(self, *args, **kwargs):
+        return []
+
+
+def test_a_consumer_state_change_starts_no_delivery_loop():
+    """Head 0 (an ack, nack, retry or PUT of a durable consumer) announces
+    no event: a '*' subscription must not grow a loop, and a cursor row, for
+    every channel name a consumer is configured on."""
+    from eventbus.notifier import Notifier
+    from eventbus.webhooks import _Owned
+    from eventbus.webhookstore import Claimed
+
+    clock = Clock()
+    notifier = Notifier(clock, None)  # type: ignore[arg-type]
+    service = WebhookService(clock, _EmptyStore(), notifier)  # type: ignore[arg-type]
+    service.subscriptions = subs = _Subscriptions()  # type: ignore[assignment]
+    owned = _Owned(service, Claimed(1, "ctx", "*", "http://h/", new_secret()))
+    owned.start()
+    notifier.on_notification("ctx/no-events-here/0")
+    assert owned.loops == {} and subs.cursors == []
+    notifier.notify("ctx", "published", 1)
+    assert list(owned.loops) == ["published"] and subs.cursors == ["published"]
+    owned.stop()
+    assert not notifier._watchers
