@@ -22,6 +22,7 @@ wakes nobody.
 """
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Callable, NamedTuple, Optional
 
@@ -43,6 +44,7 @@ from eventbus.consumerstore import (
 from eventbus.errors import Conflict, NotFound, Unavailable
 from eventbus.model import MAX_ID, Event
 from eventbus.notifier import Notifier
+from eventbus.store import QUERY_TIMEOUT_S
 
 __all__ = [
     "MODES", "ORDERED", "SHARED", "ConsumerConfig", "ConsumerStatus", "Consumers",
@@ -64,6 +66,10 @@ MAX_DELIVERIES_LIMIT = 1_000_000
 #: Wake this long after a lease expiry / delay end, so the re-check is not
 #: a hair early (the database clock and ours tick apart).
 EXPIRY_SLACK_S = 0.02
+#: Longest wait for this process's turn at a consumer's leasing round; with
+#: the round's own query timeout, a ``next`` answers 503 within two of them
+#: however many instances queue while the database hangs.
+LOCK_WAIT_S = QUERY_TIMEOUT_S
 
 
 class Delivery(NamedTuple):
@@ -95,14 +101,21 @@ def blocked(b: Backlog) -> bool:
     return b.mode == ORDERED and (b.in_flight > 0 or b.first_pending is not None)
 
 
+_UINT = re.compile(r"[0-9]{1,19}\Z")
+#: What ``secrets.token_urlsafe`` makes, with room to spare.
+_TOKEN_RANDOM = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
 def new_token(event_id: int) -> str:
     """An opaque lease token; the event id in front makes the ack a key lookup."""
     return f"{event_id}.{secrets.token_urlsafe(16)}"
 
 
 def parse_token(token: str) -> Optional[int]:
+    """The event id of a token shaped like ours, else None (a 409: no such
+    lease); anything else, a NUL character say, never reaches the database."""
     head, sep, rest = token.partition(".")
-    if not sep or not rest or not head.isascii() or not head.isdigit() or len(head) > 19:
+    if not sep or not _UINT.match(head) or not _TOKEN_RANDOM.match(rest):
         return None
     event_id = int(head)
     return event_id if 1 <= event_id <= MAX_ID + 1 else None
@@ -193,7 +206,12 @@ class Consumers:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = defer.DeferredLock()
-        await lock.acquire()
+        acquiring = lock.acquire()
+        acquiring.addTimeout(LOCK_WAIT_S, self.reactor)  # cancelled: leaves the queue
+        try:
+            await acquiring
+        except defer.TimeoutError:
+            raise Unavailable(f"database did not answer within {LOCK_WAIT_S:g} s") from None
         try:
             return await self.store.lease(context, channel, name, DEFAULTS, choose, new_token)
         finally:

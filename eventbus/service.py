@@ -59,6 +59,20 @@ class SequentialService(service.MultiService):
                 return
         tune_gc()
 
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop_all())
+
+    async def _stop_all(self) -> None:
+        if self._starting is not None:
+            await self._starting
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    await defer.maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("error stopping {service}", service=child.name or child)
+
 
 #: Young-generation threshold of the cyclic garbage collector (CPython's
 #: default is 700).  Every request allocates hundreds of short-lived objects,
@@ -77,20 +91,6 @@ def tune_gc() -> None:
     gc.freeze()
     _, second, third = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, second, third)
-
-    def stopService(self) -> defer.Deferred:
-        service.Service.stopService(self)
-        return defer.ensureDeferred(self._stop_all())
-
-    async def _stop_all(self) -> None:
-        if self._starting is not None:
-            await self._starting
-        for child in reversed(list(self)):
-            if child.running:
-                try:
-                    await defer.maybeDeferred(child.stopService)
-                except Exception:
-                    log.failure("error stopping {service}", service=child.name or child)
 
 
 class EmbeddedPostgresService(service.Service):

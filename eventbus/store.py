@@ -452,8 +452,12 @@ class Store:
                   "e_iss": "{" + ",".join(e_issuer) + "}",
                   "issuers": list(issuers)}
         try:
-            rows = await _within(self.reactor, self._pool_or_fail().runQuery(_APPEND_SQL, params),
-                                 self.timeout)
+            d = self._pool_or_fail().runQuery(_APPEND_SQL, params)
+            # Announced when it commits, even after the requesters got their
+            # 503 (the database was slow): the NOTIFY echo of our own commit
+            # is skipped, so this is this process's only word of it.
+            d.addCallback(self._committed, by_channel, dict(zip(keys, counts)))
+            done = await _within(self.reactor, d, self.timeout)
         except Exception as e:
             if len(group) > 1 and not _is_outage(e):
                 # One bad append must not fail its neighbours: isolate it.
@@ -472,7 +476,13 @@ class Store:
             for item in group:
                 item.fail(error)
             return
-        count_of = dict(zip(keys, counts))
+        for item, events in done:
+            item.succeed(events)
+
+    def _committed(self, rows: list[tuple], by_channel: dict[tuple[str, str], list["_Append"]],
+                   count_of: dict[tuple[str, str], int]) -> list[tuple["_Append", list[Event]]]:
+        """A group committed: its events per append, announced to :attr:`on_append`."""
+        done = []
         for context, channel, last_id, ts in rows:
             base = last_id - count_of[(context, channel)]
             for item in by_channel[(context, channel)]:
@@ -483,7 +493,8 @@ class Store:
                         self.on_append(context, channel, events)
                     except Exception:
                         log.failure("announcing appended events failed")
-                item.succeed(events)
+                done.append((item, events))
+        return done
 
     def backend_pids(self) -> frozenset[int]:
         """Server process ids of this store's pool connections, so the

@@ -129,7 +129,11 @@ def parse_url(url: str) -> tuple[str, str, int]:
         scheme = parts.scheme.lower()
         host = parts.hostname
         port = parts.port
-        hyperlink.EncodedURL.from_text(url)
+        parsed = hyperlink.EncodedURL.from_text(url)
+        if host and not _is_ip(host):
+            # What the delivery client does to every URL; a host it cannot
+            # encode (a_b, a..b) could never be delivered to.
+            parsed.to_uri()
     except ValueError as e:
         raise BadRequest(f"url is not a valid URL: {e}") from None
     if scheme not in ("http", "https"):
@@ -139,6 +143,14 @@ def parse_url(url: str) -> tuple[str, str, int]:
     if parts.username is not None or parts.password is not None:
         raise BadRequest("url must not contain credentials")
     return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def refusal(address: str) -> Optional[str]:
@@ -439,10 +451,12 @@ class WebhookService(service.Service):
             b"webhook-timestamp": [str(timestamp).encode()],
             b"webhook-signature": [sign(key, msg_id, timestamp, body).encode()],
         }
-        request = self.http.request("POST", url, data=body, headers=headers,
-                                    allow_redirects=False, unbuffered=True)
-        request.addTimeout(REQUEST_TIMEOUT_S, self.reactor)
         try:
+            # Inside the try: a request that cannot even be built is a failed
+            # attempt like any other (counted, shown, disabled in the end).
+            request = self.http.request("POST", url, data=body, headers=headers,
+                                        allow_redirects=False, unbuffered=True)
+            request.addTimeout(REQUEST_TIMEOUT_S, self.reactor)
             response = await request
         except defer.CancelledError:  # the loop is being stopped (a timeout is a TimeoutError)
             raise
@@ -500,7 +514,8 @@ class _Owned:
             loop.stop()
 
     def _woken(self, context: str, channel: Optional[str], head: Optional[int]) -> None:
-        if self.stopped:
+        # head 0 announces no event (a durable consumer's state changed).
+        if self.stopped or head == 0:
             return
         if channel is None:  # after a LISTEN outage: anything may have changed
             for loop in self.loops.values():

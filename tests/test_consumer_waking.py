@@ -120,3 +120,32 @@ def test_a_cancelled_request_leaves_no_waiter_or_watcher_behind():
     d.addErrback(lambda f: f.trap(defer.CancelledError))
     assert consumers.waiting() == 0 and not notifier._watchers
     assert not clock.getDelayedCalls()
+
+
+def test_rounds_queued_behind_a_hung_database_each_get_their_503_in_time():
+    """Leasing rounds of one consumer queue on a local lock; while the
+    database hangs each round takes the store's whole timeout, so the queue
+    must not add one timeout per request ahead of it."""
+    from eventbus.errors import Unavailable
+    from eventbus.store import QUERY_TIMEOUT_S
+
+    class HungStore(ScriptedStore):
+        def lease(self, *args: object) -> defer.Deferred:
+            self.rounds += 1
+            return task.deferLater(clock, QUERY_TIMEOUT_S, self._fail)
+
+        def _fail(self) -> None:
+            raise Unavailable(f"database did not answer within {QUERY_TIMEOUT_S:g} s")
+
+    clock = task.Clock()
+    notifier = Notifier(clock, None)  # type: ignore[arg-type]
+    consumers = Consumers(clock, HungStore(), notifier)  # type: ignore[arg-type]
+    requests = [defer.ensureDeferred(consumers.next(CTX, CH, "c", 60)) for _ in range(5)]
+    failures: list = []
+    for d in requests:
+        d.addErrback(failures.append)
+    for _ in range(int(2 * QUERY_TIMEOUT_S / 0.5) + 1):  # without the bound: 25 s
+        clock.advance(0.5)
+    assert len(failures) == 5 and all(f.check(Unavailable) for f in failures)
+    assert consumers.waiting() == 0 and not notifier._watchers and not consumers._locks
+    assert not clock.getDelayedCalls()

@@ -374,3 +374,30 @@ async def test_bad_input_is_a_400_or_404_with_a_json_error(hooks_server, channel
         assert isinstance(r.json()["error"], str)
     r = await request("PUT", hooks_server.url("/subscriptions"), data=b"{}")
     assert r.code == 405 and "error" in r.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cleanly_stopped_process_releases_its_subscriptions(
+        postgres, tmp_path_factory, receiver, channel_name):
+    """SIGTERM: the process gives its leases up before its database connections
+    close, so another process takes over at once, not a lease later."""
+    proc = _server(postgres, tmp_path_factory, "webhooks_release", "--webhook-allow-private",
+                   "--webhook-lease", "600")
+    proc.start()
+    try:
+        sub = await _subscribe(proc, context=CTX, channel=channel_name, url=receiver.url,
+                               start="latest")
+        await until_async(lambda: _status_if(proc, sub["id"], lambda s: s["owner"]),
+                          what="an owner")
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.log_tail()
+    conn = psycopg2.connect(postgres.dsn("webhooks_release"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT owner, lease_until FROM webhook_subscriptions WHERE id = %s",
+                        (sub["id"],))
+            assert cur.fetchone() == (None, None), proc.log_tail()
+    finally:
+        conn.close()
+    assert "could not release" not in proc.log_tail(200)

@@ -146,3 +146,68 @@ def test_retry_delays_grow_with_jitter_and_scale():
         for _ in range(20):
             assert (1 - JITTER) * nominal <= service.retry_delay(failures) <= (1 + JITTER) * nominal
     assert BACKOFF_S == (1.0, 5.0, 30.0, 120.0, 600.0, 3600.0)
+
+
+class _RefusingHTTP:
+    """An HTTP client that cannot even build the request (as treq raises for
+    a host its IDNA encoder refuses, an IPv6 literal for one)."""
+
+    def request(self, method, url, **kwargs):
+        raise ValueError("Codepoint U+003A at position 1 of '::1' not allowed")
+
+
+def test_an_attempt_that_cannot_be_sent_is_a_counted_failure_not_a_crash():
+    service = WebhookService(Clock(), None, None)  # type: ignore[arg-type]
+    service.http = _RefusingHTTP()  # type: ignore[assignment]
+    result = []
+    defer.ensureDeferred(service.attempt("http://[2606:4700::1111]/", b"k" * 32, "1/c/ch/1",
+                                         b"{}")).addBoth(result.append)
+    assert result == [(None, "ValueError: Codepoint U+003A at position 1 of '::1' not allowed")]
+
+
+@pytest.mark.parametrize("url", ["http://a_b/", "http://a..b/x", "http://%41/", "http://-a-/",
+                                 "https://" + "a" * 300 + ".example/"])
+def test_a_host_the_delivery_client_cannot_encode_is_refused_at_once(url):
+    with pytest.raises(BadRequest):
+        parse_url(url)
+
+
+class _Subscriptions:
+    """The webhook store's deliverer side, for one subscription with no work."""
+
+    def __init__(self) -> None:
+        self.cursors: list[str] = []
+
+    async def pending_channels(self, sid, context):
+        return []
+
+    async def cursor(self, sid, channel, owner):
+        self.cursors.append(channel)
+        return 0
+
+
+class _EmptyStore:
+    async def page(self, *args, **kwargs):
+        return []
+
+
+def test_a_consumer_state_change_starts_no_delivery_loop():
+    """Head 0 (an ack, nack, retry or PUT of a durable consumer) announces
+    no event: a '*' subscription must not grow a loop, and a cursor row, for
+    every channel name a consumer is configured on."""
+    from eventbus.notifier import Notifier
+    from eventbus.webhooks import _Owned
+    from eventbus.webhookstore import Claimed
+
+    clock = Clock()
+    notifier = Notifier(clock, None)  # type: ignore[arg-type]
+    service = WebhookService(clock, _EmptyStore(), notifier)  # type: ignore[arg-type]
+    service.subscriptions = subs = _Subscriptions()  # type: ignore[assignment]
+    owned = _Owned(service, Claimed(1, "ctx", "*", "http://h/", new_secret()))
+    owned.start()
+    notifier.on_notification("ctx/no-events-here/0")
+    assert owned.loops == {} and subs.cursors == []
+    notifier.notify("ctx", "published", 1)
+    assert list(owned.loops) == ["published"] and subs.cursors == ["published"]
+    owned.stop()
+    assert not notifier._watchers
