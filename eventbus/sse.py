@@ -46,10 +46,11 @@ from twisted.web.iweb import IRequest
 
 from eventbus.broadcast import Broadcaster
 from eventbus.errors import Unavailable
-from eventbus.model import MAX_ID, Event, render_event, render_events
+from eventbus.model import MAX_ID, Event, render_events
 from eventbus.notifier import Notifier
 from eventbus.pacer import Pacer
 from eventbus.store import Store
+from eventbus.wire import BodyWriter
 
 log = Logger()
 
@@ -71,20 +72,15 @@ HEARTBEAT = b": keepalive\n\n"
 T = TypeVar("T")
 
 
-def frame(context: str, channel: str, event: Event) -> bytes:
-    """One SSE message for an event: ``id``, ``event`` and ``data`` lines.
+def frames(context: str, channel: str, events: list[Event]) -> list[bytes]:
+    """One SSE message per event: ``id``, ``event`` and ``data`` lines.
 
     The payload is kept as published, so the JSON may contain line breaks
     (only as whitespace between tokens: JSON strings cannot hold raw control
     characters).  SSE ends a field at CR, LF or CRLF, so each line becomes its
     own ``data:`` field; the client joins them with LF, which is the same
-    JSON value.
+    JSON value.  (A batch shares one rendering template.)
     """
-    return _message(event.id, render_event(context, channel, event))
-
-
-def frames(context: str, channel: str, events: list[Event]) -> list[bytes]:
-    """The messages of several events of one channel (batches share a template)."""
     return [_message(e.id, body) for e, body in zip(events, render_events(context, channel, events))]
 
 
@@ -138,6 +134,7 @@ class EventStreams:
         stream = _Stream(self, request, context, channel, after)
         self._open.add(stream)
         request.registerProducer(stream.pacer, True)
+        stream.writer.no_delay()
         try:
             stream.write(OPENING)
             await stream.run(first)
@@ -170,10 +167,11 @@ class _Stream:
         self.channel = channel
         self.cursor = cursor
         self.pacer = Pacer()
+        self.writer = BodyWriter(request)
         self.last_write = streams.reactor.seconds()
 
     def write(self, data: bytes) -> None:
-        self.request.write(data)
+        self.writer.write(data)
         self.last_write = self.streams.reactor.seconds()
 
     @property
