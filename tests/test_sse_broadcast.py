@@ -21,12 +21,17 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
+from tests import test_sse
 from tests.client import request
 from tests.servers import ServerProcess, vm_rss_kb
 from tests.sse_client import SSEClient, open_stream, sleep, stream_request, until
-from tests.test_sse import (  # noqa: F401  (fixtures)
-    CTX, HEARTBEAT_S, MAX_GROWTH_KB, PROMPT_S, bus, connected, publisher, read_until,
-    sse_server, stream_path)
+from tests.test_sse import (
+    CTX, HEARTBEAT_S, MAX_GROWTH_KB, PROMPT_S, connected, read_until, stream_path)
+
+# The fixtures of test_sse.py (pytest finds fixtures among a module's names).
+sse_server = test_sse.sse_server
+publisher = test_sse.publisher
+bus = test_sse.bus
 
 STREAMS = 50
 ROUNDS = 4
