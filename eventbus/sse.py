@@ -31,8 +31,9 @@ Nothing else is held per stream.
 Database outages: opening a stream reads the store before the ``200`` is
 sent, so an outage then is a ``503`` like on every endpoint.  Once the stream
 is open, an outage does not end it: the read is retried every
-:data:`OUTAGE_RETRY_S` seconds, keep-alive comments continue, and the stream
-carries on from its cursor when the database is back.  (Ending it would only
+:data:`OUTAGE_RETRY_S` seconds (in a group: the notifier retries the group's
+read every second), keep-alive comments continue, and the stream carries on
+from its cursor when the database is back.  (Ending it would only
 make every client reconnect at once into the same outage.)
 """
 from __future__ import annotations
