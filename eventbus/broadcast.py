@@ -39,9 +39,12 @@ log = Logger()
 
 #: Longest a known event waits before it is written to a group's members:
 #: events arriving within this window share one write per member.  Small
-#: against the latency target; large enough that at hundreds of events per
-#: second a write carries a few of them.
-FLUSH_S = 0.005
+#: against the latency target (50 ms at p99); large enough that at hundreds
+#: of events per second a write carries a few of them (measured with 1,000
+#: streams at 200 events/s: 10 ms took about 15 % less server CPU than 5 ms,
+#: at no visible cost in latency, which is dominated by the commit and by
+#: the clients reading a thousand sockets).
+FLUSH_S = 0.010
 #: Most events written to the members in one write: a member whose client
 #: stops reading is left with at most this much beyond its socket buffer.
 FLUSH_EVENTS = 100
@@ -67,8 +70,8 @@ class Member(Protocol):
     def paused(self) -> bool:
         """The client is not taking what it was sent (its buffer is full)."""
 
-    def write(self, data: bytes) -> None:
-        """Send bytes to the client (and record ``last_write``)."""
+    def send(self, data: bytes) -> None:
+        """Send bytes to the client (the group records ``last_write``)."""
 
 
 class Broadcaster:
@@ -178,6 +181,7 @@ class _Group:
         base = self.base
         last = base + len(frames)
         data = b"".join(frames)
+        now = self.owner.reactor.seconds()
         for member in list(self.members):
             cursor = member.cursor
             if member.paused or cursor < base:
@@ -185,13 +189,14 @@ class _Group:
                     left.append(member)
                 continue
             if cursor == base:
-                member.write(data)
+                member.send(data)
             elif cursor < last:
                 # Joined ahead of the group (it had read the store itself).
-                member.write(b"".join(frames[cursor - base:]))
+                member.send(b"".join(frames[cursor - base:]))
             else:
                 continue
             member.cursor = last
+            member.last_write = now
         self.base = last
 
     # -- heart-beats -------------------------------------------------------------
@@ -207,7 +212,8 @@ class _Group:
                     # Its client takes nothing: it waits on its own.
                     left.append(member)
                     continue
-                member.write(self.owner.keepalive)
+                member.send(self.owner.keepalive)
+                member.last_write = now
             oldest = min(oldest, member.last_write)
         for member in left:
             self._leave(member)

@@ -169,16 +169,19 @@ class _Stream:
         self.cursor = cursor
         self.pacer = Pacer()
         self.writer = BodyWriter(request)
+        #: Writes without noting the time (a broadcast group notes it once
+        #: for all its members).
+        self.send = self.writer.write
         self.last_write = streams.reactor.seconds()
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        self.send(data)
         self.last_write = self.streams.reactor.seconds()
 
     @property
     def paused(self) -> bool:
         """The client takes nothing more for now (or is gone)."""
-        return self.pacer.paused or self.pacer.stopped
+        return self.pacer.held
 
     def write_events(self, events: list[Event]) -> None:
         self.write(b"".join(frames(self.context, self.channel, events)))

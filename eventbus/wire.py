@@ -51,11 +51,25 @@ class BodyWriter:
                 or transport._tempDataLen or transport.offset != len(transport.dataBuffer)):
             request.write(data)
             return
-        head = b"%x\r\n" % len(data)
+        chunk = _chunk(data)
         try:
-            sent = self.socket.sendmsg((head, data, b"\r\n"))
+            sent = self.socket.send(chunk)
         except OSError:
             sent = 0  # EAGAIN; a real error is met again by the transport
         request.sentLength += len(data)
-        if sent < len(head) + len(data) + 2:
-            transport.write(b"".join((head, data, b"\r\n"))[sent:])
+        if sent < len(chunk):
+            transport.write(chunk[sent:])
+
+
+#: The last body framed as a chunk and its chunk: a broadcast writes the same
+#: bytes to many streams in a row, so they are framed once.
+_last_chunk: tuple[bytes, bytes] = (b"", b"")
+
+
+def _chunk(data: bytes) -> bytes:
+    global _last_chunk
+    if _last_chunk[0] is data:
+        return _last_chunk[1]
+    chunk = b"%x\r\n%s\r\n" % (len(data), data)
+    _last_chunk = (data, chunk)
+    return chunk

@@ -54,9 +54,8 @@ class FakeMember:
         self.paused = False
         self.writes: list[bytes] = []
 
-    def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         self.writes.append(data)
-        self.last_write = self.clock.seconds()
 
     @property
     def ids(self) -> list[int]:
@@ -151,13 +150,13 @@ def test_a_paused_member_leaves_without_being_written_to(broadcaster, notifier, 
 def test_a_large_delivery_is_written_in_slices_and_stops_at_a_pause(broadcaster, notifier, clock):
     member = FakeMember(clock, 0)
     left = join(broadcaster, member)
-    original = member.write
+    original = member.send
 
-    def write(data: bytes) -> None:
+    def send(data: bytes) -> None:
         original(data)
         member.paused = True  # the first slice fills the client's buffer
 
-    member.write = write  # type: ignore[method-assign]
+    member.send = send  # type: ignore[method-assign]
     notifier.publish(*range(1, 3 * FLUSH_EVENTS + 1))
     assert member.ids == list(range(1, FLUSH_EVENTS + 1))
     assert member.cursor == FLUSH_EVENTS
