@@ -314,7 +314,6 @@ class Notifier:
                 self.tail.add(key, page)
                 # Delivered from the page itself: the tail ignores events
                 # older than the run it holds.
-                page = [e for e in page if e.id > follower.cursor]
                 if page and follower.active:
                     self._deliver(follower, page)
                 if len(page) < TAIL_EVENTS:
