@@ -36,6 +36,9 @@ log = Logger()
 WAKE_RETRY_S = 1.0
 #: How often the LISTEN connection is probed, so a silently dead one is noticed.
 LISTEN_KEEPALIVE_S = 10.0
+#: A wake-up "head" beyond every id: the channel may have anything new, read
+#: the store to know (a new follower, a LISTEN outage).
+UNKNOWN_HEAD = MAX_ID + 1
 
 ChannelKey = tuple[str, str]
 #: ``watcher(context, channel, head)``: events up to ``head`` may exist in
@@ -55,13 +58,23 @@ class _Waiter:
         self.timer: Optional[IDelayedCall] = None
 
 
-class _Channel:
-    """The waiters of one channel and the state of its wake-up read."""
+class _Follower:
+    __slots__ = ("cursor", "deliver", "active")
 
-    __slots__ = ("waiters", "reading", "pending")
+    def __init__(self, cursor: int, deliver: Callable[[list[Event]], None]) -> None:
+        self.cursor = cursor
+        self.deliver = deliver
+        self.active = True
+
+
+class _Channel:
+    """The waiters and followers of one channel and the state of its wake-up read."""
+
+    __slots__ = ("waiters", "followers", "reading", "pending")
 
     def __init__(self) -> None:
         self.waiters: set[_Waiter] = set()
+        self.followers: set[_Follower] = set()
         self.reading = False
         #: Highest id announced since the last read started (0: none).
         self.pending = 0
@@ -121,6 +134,39 @@ class Notifier:
         """Number of requests currently held open (for tests and health)."""
         return sum(len(c.waiters) for c in self._channels.values())
 
+    def following(self) -> int:
+        """Number of followers registered (for tests)."""
+        return sum(len(c.followers) for c in self._channels.values())
+
+    def follow(self, context: str, channel: str, cursor: int,
+               deliver: Callable[[list[Event]], None]) -> Callable[[], None]:
+        """Call ``deliver(events)`` with every event after ``cursor``, as soon
+        as this process learns of it; returns the call that stops it.
+
+        For a consumer that stays at the head of a busy channel (an SSE
+        broadcast group): unlike :meth:`wait` it is not re-registered, nor is
+        the store re-read, per event.  Each call carries the events right
+        after the previous one, contiguous and in order.  The channel is read
+        once now, so what committed before the follower was registered is not
+        missed.  ``deliver`` may run before this returns and must not raise.
+        """
+        key = (context, channel)
+        follower = _Follower(cursor, deliver)
+        ch = self._channels.get(key)
+        if ch is None:
+            ch = self._channels[key] = _Channel()
+        ch.followers.add(follower)
+
+        def unfollow() -> None:
+            follower.active = False
+            ch = self._channels.get(key)
+            if ch is not None:
+                ch.followers.discard(follower)
+                self._forget_if_idle(key, ch)
+
+        self._wake(context, channel, UNKNOWN_HEAD)
+        return unfollow
+
     def _register(self, key: ChannelKey, cursor: int, timeout: float) -> _Waiter:
         waiter = _Waiter(cursor)
         # A client that disconnects cancels the handler, which cancels this
@@ -140,7 +186,10 @@ class Notifier:
         if ch is None:
             return
         ch.waiters.discard(waiter)
-        if not ch.waiters and not ch.reading:
+        self._forget_if_idle(key, ch)
+
+    def _forget_if_idle(self, key: ChannelKey, ch: _Channel) -> None:
+        if not ch.waiters and not ch.followers and not ch.reading:
             del self._channels[key]
 
     def _fire(self, key: ChannelKey, waiter: _Waiter, event: Optional[Event]) -> None:
@@ -204,41 +253,91 @@ class Notifier:
         for context in {k[0] for k in self._watchers}:
             self._tell_watchers(context, None, None)
         for context, channel in list(self._channels):
-            self._wake(context, channel, MAX_ID + 1)
+            self._wake(context, channel, UNKNOWN_HEAD)
 
     async def _read(self, key: ChannelKey, ch: _Channel) -> None:
         try:
             while ch.pending:
                 head, ch.pending = ch.pending, 0
-                wanted = {w.cursor + 1 for w in ch.waiters if w.cursor < head}
-                missing = {i for i in wanted if self.tail.get(key, i) is None}
-                if missing:
-                    # One read for the whole channel; with a known head it
-                    # also fetches what follows, for the consumers (SSE
-                    # streams, peek chains) that will ask for it next.
-                    ids = set(missing)
-                    low = min(missing)
-                    if head <= MAX_ID:
-                        ids.update(range(low, min(head, low + TAIL_EVENTS - 1) + 1))
-                    try:
-                        found = await self.store.events_by_id(key[0], key[1], ids)
-                    except Unavailable:
-                        log.warn("wake-up read of {key} failed; retrying", key=key)
-                        self.reactor.callLater(WAKE_RETRY_S, self._wake, key[0], key[1], head)
-                        return
-                    self.tail.add(key, found.values())
-                else:
-                    found = {}
-                for waiter in list(ch.waiters):
-                    event = found.get(waiter.cursor + 1) or self.tail.get(key, waiter.cursor + 1)
-                    if event is not None:
-                        self._fire(key, waiter, event)
+                if not await self._answer_waiters(key, ch, head):
+                    return
+                # After the waiters: their read has filled the tail.
+                if ch.followers and not await self._feed_followers(key, ch, head):
+                    return
         except Exception:
             log.failure("waking {key} failed", key=key)
         finally:
             ch.reading = False
-            if not ch.waiters and self._channels.get(key) is ch:
-                del self._channels[key]
+            if self._channels.get(key) is ch:
+                self._forget_if_idle(key, ch)
+
+    async def _answer_waiters(self, key: ChannelKey, ch: _Channel, head: int) -> bool:
+        """Fire the waiters whose event is now known; False if the read failed
+        (a retry is scheduled)."""
+        wanted = {w.cursor + 1 for w in ch.waiters if w.cursor < head}
+        missing = {i for i in wanted if self.tail.get(key, i) is None}
+        if missing:
+            # One read for the whole channel; with a known head it
+            # also fetches what follows, for the consumers (SSE
+            # streams, peek chains) that will ask for it next.
+            ids = set(missing)
+            low = min(missing)
+            if head <= MAX_ID:
+                ids.update(range(low, min(head, low + TAIL_EVENTS - 1) + 1))
+            try:
+                found = await self.store.events_by_id(key[0], key[1], ids)
+            except Unavailable:
+                self._retry_later(key, head)
+                return False
+            self.tail.add(key, found.values())
+        else:
+            found = {}
+        for waiter in list(ch.waiters):
+            event = found.get(waiter.cursor + 1) or self.tail.get(key, waiter.cursor + 1)
+            if event is not None:
+                self._fire(key, waiter, event)
+        return True
+
+    async def _feed_followers(self, key: ChannelKey, ch: _Channel, head: int) -> bool:
+        """Bring every follower up to ``head`` (with an unknown head: up to the
+        store's), from the tail where it can, else a page at a time from the
+        store; False if a read failed (a retry is scheduled)."""
+        for follower in list(ch.followers):
+            # The memory first: in the publishing process (and after the
+            # waiters' read) it holds everything up to the head.
+            while follower.active and follower.cursor < head:
+                events = self.tail.after(key, follower.cursor, TAIL_EVENTS)
+                if not events:
+                    break
+                self._deliver(follower, events)
+            while follower.active and follower.cursor < head:
+                try:
+                    page = await self.store.page(key[0], key[1], follower.cursor,
+                                                 min(head, MAX_ID + 1), TAIL_EVENTS)
+                except Unavailable:
+                    self._retry_later(key, head)
+                    return False
+                self.tail.add(key, page)
+                # Delivered from the page itself: the tail ignores events
+                # older than the run it holds.
+                if page and follower.active:
+                    self._deliver(follower, page)
+                if len(page) < TAIL_EVENTS:
+                    break
+        return True
+
+    def _deliver(self, follower: _Follower, events: list[Event]) -> None:
+        if events[0].id != follower.cursor + 1:
+            return  # never a gap: the next read starts from the cursor again
+        follower.cursor = events[-1].id
+        try:
+            follower.deliver(events)
+        except Exception:
+            log.failure("follower delivery failed")
+
+    def _retry_later(self, key: ChannelKey, head: int) -> None:
+        log.warn("wake-up read of {key} failed; retrying", key=key)
+        self.reactor.callLater(WAKE_RETRY_S, self._wake, key[0], key[1], head)
 
     def on_notification(self, payload: str, pid: int = 0) -> None:
         """Parse a ``<context>/<channel>/<id>`` notification and wake its channel.

@@ -26,6 +26,9 @@ class Pacer:
     def __init__(self) -> None:
         self._paused: Optional[defer.Deferred] = None
         self.stopped = False
+        #: Paused or stopped: nothing should be written now.  A plain
+        #: attribute, as a broadcast checks it for every stream per write.
+        self.held = False
 
     @property
     def paused(self) -> bool:
@@ -34,9 +37,11 @@ class Pacer:
     def pauseProducing(self) -> None:
         if self._paused is None:
             self._paused = defer.Deferred()
+        self.held = True
 
     def resumeProducing(self) -> None:
         paused, self._paused = self._paused, None
+        self.held = self.stopped
         if paused is not None and not self.stopped:
             paused.callback(None)
 
@@ -46,6 +51,7 @@ class Pacer:
         # notifyFinish then cancels the handler; resuming here would only run
         # the loop once more against a dead connection.
         self.stopped = True
+        self.held = True
 
     def ready(self) -> defer.Deferred:
         """Fires when the client has drained what it was sent.

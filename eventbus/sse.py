@@ -12,22 +12,28 @@ The loop of one stream:
   the request is paused by the transport when its buffer fills), so a slow
   client costs at most one page of memory and nothing is dropped: the
   database is the buffer;
-* when a page comes back short the stream has caught up: wait in the notifier
-  for the event after the cursor, at most ``heartbeat`` seconds; a timeout
-  writes a keep-alive comment, an event is written and paging resumes after
-  it (so a burst is read in pages, not event by event).
+* when a page comes back short, take what the notifier's memory (the tail)
+  holds after the cursor;
+* when that is empty too the stream has caught up: it joins its channel's
+  broadcast group (:mod:`eventbus.broadcast`), which writes each new event,
+  rendered once for all members, and the keep-alive comments.  The stream
+  leaves the group when its client stops reading (the producer is paused),
+  and its loop carries on from its cursor: the tail, else pages from the
+  store, at the client's pace.  So a thousand streams on one channel cost one
+  rendering and a thousand writes per event, not a thousand wake-ups.
 
 A client that disconnects cancels the handler (Klein wires ``notifyFinish``
 to ``cancel``): the cancellation reaches whichever Deferred the loop awaits
-(a notifier waiter, whose canceller drops it and its timer; a store read; a
-retry timer; the producer's pause), and the ``finally`` unregisters the
-producer.  Nothing else is held per stream.
+(its membership of a group, whose canceller drops it; a store read; a retry
+timer; the producer's pause), and the ``finally`` unregisters the producer.
+Nothing else is held per stream.
 
 Database outages: opening a stream reads the store before the ``200`` is
 sent, so an outage then is a ``503`` like on every endpoint.  Once the stream
 is open, an outage does not end it: the read is retried every
-:data:`OUTAGE_RETRY_S` seconds, keep-alive comments continue, and the stream
-carries on from its cursor when the database is back.  (Ending it would only
+:data:`OUTAGE_RETRY_S` seconds (in a group: the notifier retries the group's
+read every second), keep-alive comments continue, and the stream carries on
+from its cursor when the database is back.  (Ending it would only
 make every client reconnect at once into the same outage.)
 """
 from __future__ import annotations
@@ -39,11 +45,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from eventbus.broadcast import Broadcaster
 from eventbus.errors import Unavailable
-from eventbus.model import MAX_ID, Event, render_event
+from eventbus.model import MAX_ID, Event, render_events
 from eventbus.notifier import Notifier
 from eventbus.pacer import Pacer
 from eventbus.store import Store
+from eventbus.wire import BodyWriter
 
 log = Logger()
 
@@ -65,21 +73,24 @@ HEARTBEAT = b": keepalive\n\n"
 T = TypeVar("T")
 
 
-def frame(context: str, channel: str, event: Event) -> bytes:
-    """One SSE message for an event: ``id``, ``event`` and ``data`` lines.
+def frames(context: str, channel: str, events: list[Event]) -> list[bytes]:
+    """One SSE message per event: ``id``, ``event`` and ``data`` lines.
 
     The payload is kept as published, so the JSON may contain line breaks
     (only as whitespace between tokens: JSON strings cannot hold raw control
     characters).  SSE ends a field at CR, LF or CRLF, so each line becomes its
     own ``data:`` field; the client joins them with LF, which is the same
-    JSON value.
+    JSON value.  (A batch shares one rendering template.)
     """
-    body = render_event(context, channel, event)
+    return [_message(e.id, body) for e, body in zip(events, render_events(context, channel, events))]
+
+
+def _message(event_id: int, body: bytes) -> bytes:
     if b"\n" in body or b"\r" in body:
         data = b"".join(b"data: " + line + b"\n" for line in body.splitlines())
     else:
         data = b"data: " + body + b"\n"
-    return b"id: %d\nevent: event\n%s\n" % (event.id, data)
+    return b"id: %d\nevent: event\n%s\n" % (event_id, data)
 
 
 class EventStreams:
@@ -91,6 +102,7 @@ class EventStreams:
         self.notifier = notifier
         self.reactor = reactor
         self.heartbeat = heartbeat
+        self.broadcaster = Broadcaster(notifier, reactor, frames, heartbeat, HEARTBEAT)
         self._open: set[_Stream] = set()
 
     def open_streams(self) -> int:
@@ -123,6 +135,7 @@ class EventStreams:
         stream = _Stream(self, request, context, channel, after)
         self._open.add(stream)
         request.registerProducer(stream.pacer, True)
+        stream.writer.no_delay()
         try:
             stream.write(OPENING)
             await stream.run(first)
@@ -155,43 +168,51 @@ class _Stream:
         self.channel = channel
         self.cursor = cursor
         self.pacer = Pacer()
+        self.writer = BodyWriter(request)
+        #: Writes without noting the time (a broadcast group notes it once
+        #: for all its members).
+        self.send = self.writer.write
         self.last_write = streams.reactor.seconds()
 
     def write(self, data: bytes) -> None:
-        self.request.write(data)
+        self.send(data)
         self.last_write = self.streams.reactor.seconds()
 
+    @property
+    def paused(self) -> bool:
+        """The client takes nothing more for now (or is gone)."""
+        return self.pacer.held
+
     def write_events(self, events: list[Event]) -> None:
-        self.write(b"".join(frame(self.context, self.channel, e) for e in events))
+        self.write(b"".join(frames(self.context, self.channel, events)))
         self.cursor = events[-1].id
 
     async def run(self, page: list[Event]) -> None:
         store, notifier = self.streams.store, self.streams.notifier
+        broadcaster = self.streams.broadcaster
         ctx, chan = self.context, self.channel
         while True:
             behind = len(page) == PAGE_EVENTS
             if page:
                 self.write_events(page)
             await self.pacer.ready()
-            if behind:
-                # A full page: more is waiting in the database.
-                page = await self._retrying(store.page, ctx, chan, self.cursor,
-                                            MAX_ID + 1, PAGE_EVENTS)
-                continue
-            # Near the head: what the notifier already holds in memory (one
-            # read or one publish serves every stream), else wait for the
-            # next event; the wait reads the store itself first, so an event
-            # the memory does not hold is never skipped.
-            page = notifier.recent(ctx, chan, self.cursor, PAGE_EVENTS)
-            if page:
-                continue
-            event = await self._retrying(
-                notifier.wait, ctx, chan, self.cursor, self.streams.heartbeat)
-            if event is None:
-                self.write(HEARTBEAT)
-                page = []
-            else:
-                page = [event]
+            if not behind:
+                # Near the head: what the notifier already holds in memory
+                # (one read or one publish serves every stream), else the
+                # group, which follows the channel from exactly our cursor
+                # (so nothing the memory lacks is skipped).
+                page = notifier.recent(ctx, chan, self.cursor, PAGE_EVENTS)
+                if page:
+                    continue
+                left = broadcaster.join(ctx, chan, self)
+                if left is not None:
+                    # Until our client stops reading; then on by ourselves.
+                    await left
+                    page = []
+                    continue
+                # The group is already past us: read what we miss.
+            page = await self._retrying(store.page, ctx, chan, self.cursor,
+                                        MAX_ID + 1, PAGE_EVENTS)
 
     async def _retrying(self, read: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await read(*args)``, retried through database outages."""

@@ -1,7 +1,7 @@
 """Notifier unit tests: a fake store and a fake clock, no database, no network.
 
 The fake store answers ``first_after`` at once (from its dict of events) and
-lets a test hold ``events_by_id`` open or make it fail, so reads in flight,
+lets a test hold ``events_by_id`` or ``page`` open or make it fail, so reads in flight,
 notifications racing them, and database outages can be staged exactly.
 """
 from __future__ import annotations
@@ -30,6 +30,8 @@ class FakeStore:
         self.events: dict[tuple[str, str], dict[int, Event]] = {}
         self.first_after_calls: list[tuple[str, str, int]] = []
         self.by_id_calls: list[tuple[str, str, frozenset[int]]] = []
+        #: (channel, after) of every page read (the followers' reads).
+        self.page_calls: list[tuple[str, int]] = []
         #: When set, events_by_id waits for this Deferred before answering.
         self.gate: Optional[defer.Deferred] = None
         #: This many next events_by_id calls raise Unavailable.
@@ -56,6 +58,18 @@ class FakeStore:
             raise Unavailable("database unavailable")
         chan = self.events.get((context, channel), {})
         return {i: chan[i] for i in wanted if i in chan}
+
+    async def page(self, context: str, channel: str, after: int, upto: int,
+                   limit: int) -> list[Event]:
+        self.page_calls.append((channel, after))
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            await gate
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("database unavailable")
+        chan = self.events.get((context, channel), {})
+        return [chan[i] for i in sorted(chan) if after < i <= upto][:limit]
 
     def reads_of(self, channel: str) -> list[frozenset[int]]:
         return [ids for (_, ch, ids) in self.by_id_calls if ch == channel]
@@ -249,3 +263,111 @@ def test_malformed_notification_is_ignored(notifier, store):
     store.add("a", 1)
     notifier.on_notification(f"{CTX}/a/1")
     assert result_of(d) == ev(1)
+
+
+# -- followers (the SSE broadcast groups) ----------------------------------------------
+class Followed:
+    """A follower's deliveries, as ids per call."""
+
+    def __init__(self, notifier: Notifier, channel: str, cursor: int) -> None:
+        self.calls: list[list[int]] = []
+        self.stop = notifier.follow(CTX, channel, cursor, self.deliver)
+
+    def deliver(self, events: list[Event]) -> None:
+        self.calls.append([e.id for e in events])
+
+    @property
+    def ids(self) -> list[int]:
+        return [i for call in self.calls for i in call]
+
+
+def test_a_new_follower_reads_the_store_once_for_what_committed_before_it(notifier, store):
+    store.add("a", 1, 2, 3)
+    f = Followed(notifier, "a", 1)
+    assert store.page_calls == [("a", 1)]
+    assert f.calls == [[2, 3]]
+    assert notifier.following() == 1
+
+
+def test_local_publishes_reach_a_follower_in_order_without_store_reads(notifier, store):
+    f = Followed(notifier, "a", 0)
+    reads = len(store.page_calls) + len(store.by_id_calls)
+    for i in range(1, 4):
+        store.add("a", i)
+        notifier.published(CTX, "a", [ev(i)])
+    store.add("a", 4, 5)
+    notifier.published(CTX, "a", [ev(4), ev(5)])
+    assert f.calls == [[1], [2], [3], [4, 5]]
+    assert len(store.page_calls) + len(store.by_id_calls) == reads
+
+
+def test_one_read_per_notification_feeds_the_follower_and_the_waiters(notifier, store):
+    f = Followed(notifier, "a", 0)
+    w = wait(notifier, "a", 0)
+    store.add("a", 1, 2)
+    notifier.notify(CTX, "a", 2)
+    assert store.reads_of("a") == [frozenset({1, 2})]
+    assert store.page_calls == [("a", 0)]  # only the follower's first read
+    assert result_of(w) == ev(1)
+    assert f.ids == [1, 2]
+
+
+def test_a_follower_behind_more_than_the_tail_is_fed_page_by_page(notifier, store):
+    f = Followed(notifier, "a", 0)
+    ids = list(range(1, 1001))
+    store.add("a", *ids)
+    # One big batch published here: the tail keeps only its end.
+    notifier.published(CTX, "a", [ev(i) for i in ids])
+    assert f.ids == ids
+    assert len(store.page_calls) > 2
+
+
+def test_a_notification_never_makes_a_follower_skip_or_repeat(notifier, store):
+    f = Followed(notifier, "a", 0)
+    store.add("a", 1, 2, 3)
+    notifier.notify(CTX, "a", 2)  # announced before 3 exists in anyone's memory
+    notifier.notify(CTX, "a", 3)
+    notifier.notify(CTX, "a", 1)  # late, out of order
+    notifier.notify(CTX, "a", 3)  # twice
+    assert f.ids == [1, 2, 3]
+
+
+def test_a_failed_follower_read_is_retried_and_nothing_is_lost(notifier, store, clock):
+    f = Followed(notifier, "a", 0)
+    store.failures = 1
+    store.add("a", 1, 2)
+    notifier.notify(CTX, "a", 2)
+    assert f.ids == []
+    clock.advance(WAKE_RETRY_S)
+    assert f.ids == [1, 2]
+
+
+def test_recheck_all_reads_for_followers(notifier, store):
+    f = Followed(notifier, "a", 0)
+    store.add("a", 1, 2)  # committed while notifications were lost
+    notifier.recheck_all()
+    assert f.ids == [1, 2]
+
+
+def test_unfollow_stops_deliveries_and_forgets_the_channel(notifier, store, clock):
+    f = Followed(notifier, "a", 0)
+    f.stop()
+    assert notifier.following() == 0
+    assert notifier._channels == {}
+    store.add("a", 1)
+    notifier.notify(CTX, "a", 1)
+    notifier.published(CTX, "a", [ev(1)])
+    assert f.ids == []
+    assert store.page_calls == [("a", 0)]
+    assert clock.getDelayedCalls() == []
+
+
+def test_unfollow_during_a_read_drops_its_result(notifier, store):
+    gate = store.gate = defer.Deferred()
+    store.add("a", 1)
+    f = Followed(notifier, "a", 0)
+    f.stop()
+    gate.callback(None)
+    assert f.ids == []
+    assert notifier.following() == 0
+    assert notifier._channels == {}

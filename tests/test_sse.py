@@ -283,7 +283,13 @@ class InProcessBus:
         return self.port.getHost().port  # type: ignore[attr-defined]
 
     def holds_nothing(self) -> bool:
-        return self.api.streams.open_streams() == 0 and self.api.notifier.waiting() == 0
+        streams, notifier = self.api.streams, self.api.notifier
+        return (streams.open_streams() == 0 and notifier.waiting() == 0
+                and notifier.following() == 0 and streams.broadcaster.groups() == 0)
+
+    def caught_up(self) -> int:
+        """Streams waiting at the head of their channel (in a broadcast group)."""
+        return self.api.streams.broadcaster.members()
 
 
 @pytest_twisted.async_yield_fixture
@@ -325,7 +331,7 @@ async def test_a_disconnected_stream_leaves_no_stream_waiter_or_timer(bus, chann
     assert bus.holds_nothing()
     clients = [await connected(await open_stream(bus.port_number, stream_path(channel_name)))
                for _ in range(2)]
-    await until(lambda: bus.api.notifier.waiting() == 2, PROMPT_S, "two waiters")
+    await until(lambda: bus.caught_up() == 2, PROMPT_S, "two streams waiting")
     assert bus.api.streams.open_streams() == 2
 
     clients[0].transport.loseConnection()
@@ -333,9 +339,9 @@ async def test_a_disconnected_stream_leaves_no_stream_waiter_or_timer(bus, chann
     await clients[0].lost
     await clients[1].lost
     await until(bus.holds_nothing, PROMPT_S, "the streams and waiters being dropped")
-    # The waiters' heartbeat timeouts went with them.
-    notifier = bus.api.notifier
-    assert not [c for c in reactor.getDelayedCalls() if c.func == notifier._fire]
+    # The heartbeat and flush timers went with them.
+    assert not [c for c in reactor.getDelayedCalls()
+                if c.func.__module__ in ("eventbus.broadcast", "eventbus.notifier")]
 
 
 @pytest_twisted.ensureDeferred
@@ -364,7 +370,7 @@ async def test_a_stream_paused_by_its_client_is_freed_when_the_client_goes(
 async def test_a_database_outage_neither_ends_nor_breaks_an_open_stream(
         bus, publisher, channel_name):
     client = await connected(await open_stream(bus.port_number, stream_path(channel_name)))
-    await until(lambda: bus.api.notifier.waiting() == 1, PROMPT_S, "the stream waiting")
+    await until(lambda: bus.caught_up() == 1, PROMPT_S, "the stream waiting")
 
     bus.store.close()  # the server's pool goes away
     # The next heartbeat's read fails; keep-alives continue meanwhile.

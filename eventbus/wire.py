@@ -1,0 +1,75 @@
+"""Writing a long response's body straight to its socket when it can.
+
+twisted.web buffers every ``request.write``: the transport appends the bytes,
+registers with the reactor for writability and sends on the reactor's next
+turn, then unregisters (two ``epoll_ctl`` calls and a dispatch per write).
+For one response that is nothing; for an event written to a thousand SSE
+streams it was most of the server's work.  :class:`BodyWriter` sends the
+HTTP chunk at once when the transport has nothing buffered (so the order of
+bytes is kept) and hands whatever the socket does not take to the transport,
+whose buffer then fills and pauses the response's producer as usual: flow
+control is unchanged.  Anything it does not know (TLS, a transport that is
+not a plain TCP socket, a response that is not chunked) goes the usual way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+
+class BodyWriter:
+    """Writes a response body (after its first write) for one request."""
+
+    __slots__ = ("request", "transport", "socket")
+
+    def __init__(self, request: IRequest) -> None:
+        self.request = request
+        self.transport: Any = getattr(request.channel, "transport", None)
+        sock = getattr(self.transport, "socket", None)
+        # Only a plain TCP transport with the buffer attributes we check.
+        if getattr(self.transport, "TLS", True) or not all(
+                hasattr(self.transport, a) for a in ("dataBuffer", "offset", "_tempDataLen")):
+            sock = None
+        self.socket: Any = sock
+
+    def no_delay(self) -> None:
+        """Turn off Nagle's algorithm: a stream of small writes the client never
+        answers gets its ACKs delayed (40 ms on Linux), and Nagle would hold
+        each write until the ACK of the previous one."""
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+
+    def write(self, data: bytes) -> None:
+        request, transport = self.request, self.transport
+        if (self.socket is None or not request.chunked or request.finished
+                or not transport.connected or transport.disconnecting
+                or transport._tempDataLen or transport.offset != len(transport.dataBuffer)):
+            request.write(data)
+            return
+        chunk = _chunk(data)
+        try:
+            sent = self.socket.send(chunk)
+        except OSError:
+            sent = 0  # EAGAIN; a real error is met again by the transport
+        request.sentLength += len(data)
+        if sent < len(chunk):
+            transport.write(chunk[sent:])
+
+
+#: The last body framed as a chunk and its chunk: a broadcast writes the same
+#: bytes to many streams in a row, so they are framed once.
+_last_chunk: tuple[bytes, bytes] = (b"", b"")
+
+
+def _chunk(data: bytes) -> bytes:
+    global _last_chunk
+    if _last_chunk[0] is data:
+        return _last_chunk[1]
+    chunk = b"%x\r\n%s\r\n" % (len(data), data)
+    _last_chunk = (data, chunk)
+    return chunk
