@@ -38,6 +38,15 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
     pg.stop(force=True)
 
 
+@pytest.fixture(scope="module")
+def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of a module's own, for tests that stop or freeze it."""
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("private-pg"))
+    pg.start()
+    yield pg
+    pg.stop(force=True)
+
+
 @pytest.fixture(scope="session")
 def dsn(postgres: EmbeddedPostgres) -> str:
     return postgres.dsn()

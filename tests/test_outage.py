@@ -36,14 +36,6 @@ LONG_POLL_S = 120
 
 
 @pytest.fixture(scope="module")
-def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("outage-pg"))
-    pg.start()
-    yield pg
-    pg.stop(force=True)
-
-
-@pytest.fixture(scope="module")
 def servers(private_pg: EmbeddedPostgres,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     workdir: Path = tmp_path_factory.mktemp("outage-servers")

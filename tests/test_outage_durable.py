@@ -35,14 +35,6 @@ CTX = "durable-outage"
 
 
 @pytest.fixture(scope="module")
-def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("durable-outage-pg"))
-    pg.start()
-    yield pg
-    pg.stop(force=True)
-
-
-@pytest.fixture(scope="module")
 def servers(private_pg: EmbeddedPostgres,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
     workdir: Path = tmp_path_factory.mktemp("durable-outage-servers")
