@@ -140,6 +140,10 @@ def parse_url(url: str) -> tuple[str, str, int]:
         raise BadRequest("url must be an http or https URL")
     if not host:
         raise BadRequest("url has no host")
+    if ":" in host:
+        # treq/hyperlink cannot encode IPv6 literal hosts for the request,
+        # so such a subscription could never be delivered.
+        raise BadRequest("url with an IPv6 literal host is not supported; use a host name")
     if parts.username is not None or parts.password is not None:
         raise BadRequest("url must not contain credentials")
     return scheme, host, port or (443 if scheme == "https" else 80)
