@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +47,18 @@ def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPos
     pg.start()
     yield pg
     pg.stop(force=True)
+
+
+@pytest.fixture
+def db_up(private_pg: EmbeddedPostgres, servers: list) -> Iterator[EmbeddedPostgres]:
+    """For modules that stop or freeze their database and define ``servers``:
+    every test starts and ends with it running and the servers thawed."""
+    yield private_pg
+    for proc in servers:
+        if proc.proc is not None:
+            os.kill(proc.proc.pid, signal.SIGCONT)
+    if not private_pg.is_running():
+        private_pg.restart_after_outage()
 
 
 @pytest.fixture(scope="session")

@@ -46,15 +46,20 @@ class ServerProcess:
     def url(self, path: str) -> str:
         return self.base + path
 
+    def command(self) -> list[str]:
+        """How the server is started (subclasses: another entry point)."""
+        return [sys.executable, "-m", "eventbus"]
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONUNBUFFERED="1")
+
     def start(self, wait: bool = True) -> "ServerProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eventbus",
-             "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args],
+            [*self.command(), "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args],
             cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env,
+            env=self.environment(),
         )
         log.close()
         if wait:

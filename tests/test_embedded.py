@@ -28,22 +28,13 @@ TWISTD = str(Path(sys.executable).parent / "twistd")
 class TwistdProcess(ServerProcess):
     """``twistd -n --pidfile= eventbus ...``: the plugin path instead of ``-m``."""
 
-    def start(self, wait: bool = True) -> "TwistdProcess":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+    def command(self) -> list[str]:
+        return [TWISTD, "-n", "--pidfile=", "eventbus"]
+
+    def environment(self) -> dict[str, str]:
         # The repository first on the path, so the source under test is what
         # runs (the plugin dropin itself is found in the installed package).
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "eventbus",
-             "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args],
-            cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        log.close()
-        if wait:
-            self.wait_ready()
-        return self
+        return dict(super().environment(), PYTHONPATH=str(REPO))
 
 
 @pytest.fixture

@@ -53,17 +53,6 @@ def servers(private_pg: EmbeddedPostgres,
     assert codes == (0, 0), f"unclean exit {codes}:\n{a.log_tail()}\n{b.log_tail()}"
 
 
-@pytest.fixture
-def db_up(private_pg: EmbeddedPostgres, servers) -> Iterator[EmbeddedPostgres]:
-    """Every test starts and ends with the database running and both servers thawed."""
-    yield private_pg
-    for s in servers:
-        if s.proc is not None:
-            os.kill(s.proc.pid, signal.SIGCONT)
-    if not private_pg.is_running():
-        private_pg.restart_after_outage()
-
-
 async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 

@@ -56,17 +56,6 @@ def servers(private_pg: EmbeddedPostgres,
 
 
 @pytest.fixture
-def db_up(private_pg: EmbeddedPostgres, servers) -> Iterator[EmbeddedPostgres]:
-    """Every test starts and ends with the database running and both servers thawed."""
-    yield private_pg
-    for s in servers:
-        if s.proc is not None:
-            os.kill(s.proc.pid, signal.SIGCONT)
-    if not private_pg.is_running():
-        private_pg.restart_after_outage()
-
-
-@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver().start()
     yield r
