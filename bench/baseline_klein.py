@@ -24,7 +24,8 @@ def make_application() -> object:
     from twisted.application import service, strports
     from twisted.web.iweb import IRequest
 
-    from eventbus.site import EventBusSite
+    from eventbus.config import DEFAULTS
+    from eventbus.http.site import EventBusSite
 
     app = Klein()
 
@@ -42,7 +43,7 @@ def make_application() -> object:
         return BODY
 
     application = service.Application("eventbus-bench-baseline")
-    site = EventBusSite(app.resource())
+    site = EventBusSite(app.resource(), max_body=DEFAULTS.max_body, access_log=DEFAULTS.access_log)
     strports.service(os.environ[ENDPOINT_ENV], site).setServiceParent(application)
     return application
 

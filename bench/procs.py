@@ -22,7 +22,7 @@ from typing import Optional
 
 import psycopg2
 
-from eventbus.embedded import EmbeddedPostgres
+from eventbus.storage.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 60.0

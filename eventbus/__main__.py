@@ -1,4 +1,7 @@
-"""``python -m eventbus [options]``: the same as ``twistd -n eventbus [options]``."""
+"""``python -m eventbus [options]``: the same as ``twistd -n eventbus [options]``.
+
+Layer rule: the entry point; imports only :mod:`eventbus.service` (and twistd).
+"""
 from __future__ import annotations
 
 import sys

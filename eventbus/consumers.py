@@ -1,11 +1,13 @@
 """Durable consumers: which event to lease next, and the long-poll around it.
 
-The state lives in PostgreSQL (:mod:`eventbus.consumerstore`); this module
-holds the leasing rules (:func:`choose`, pure, so they are tested without a
-database) and the waiting of ``next`` requests.
+The state lives in PostgreSQL (:mod:`eventbus.storage.consumers`); this
+module holds the leasing rules (:func:`choose`, :func:`blocked`, the lease
+tokens: pure, so they are tested without a database) and the service that
+answers ``next`` and friends.
 
 Waking.  A ``next`` that finds nothing to lease waits for whichever comes
-first: a notification on its channel (through :meth:`Notifier.watch`), the
+first: a wake-up of its channel (a :class:`~eventbus.notifier.Subscriber` of
+the notifier), the
 moment the earliest lease expires or nack delay ends (a timer), or its own
 timeout.  Publishes announce their new head; consumer state changes that
 make an event leasable (a nack, an ack in ordered mode, a dead-letter retry,
@@ -19,37 +21,35 @@ event (head above the one the round read) only if the waiter is not
 delayed, a new event could not be leased anyway, so a busy channel does not
 spin its standbys.  The echo of a publish this process already announced
 wakes nobody.
+
+Layer rule: a domain module; no SQL (it goes through the consumer store),
+no HTTP (it raises domain errors).
 """
 from __future__ import annotations
 
 import re
 import secrets
-from typing import Callable, NamedTuple, Optional
+from typing import Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from eventbus.consumerstore import (
-    MODES,
+from eventbus.errors import Conflict, NotFound, Unavailable
+from eventbus.model import (
+    MAX_ID,
     ORDERED,
-    SHARED,
     Backlog,
     ConsumerConfig,
     ConsumerStatus,
-    ConsumerStore,
     DeadEvent,
+    Delivery,
     LeaseOutcome,
 )
-from eventbus.errors import Conflict, NotFound, Unavailable
-from eventbus.model import MAX_ID, Event
-from eventbus.notifier import Notifier
-from eventbus.store import QUERY_TIMEOUT_S
-
-__all__ = [
-    "MODES", "ORDERED", "SHARED", "ConsumerConfig", "ConsumerStatus", "Consumers",
-    "DeadEvent", "Delivery", "choose", "blocked",
-]
+from eventbus.notifier import Notifier, Subscriber, Wake, WakeKind
+from eventbus.storage.consumers import ConsumerStore
+from eventbus.storage.database import QUERY_TIMEOUT_S
+from eventbus.storage.events import EventStore
 
 log = Logger()
 
@@ -57,8 +57,9 @@ DEFAULT_MODE = ORDERED
 DEFAULT_START = "earliest"
 DEFAULT_LEASE_S = 30.0
 DEFAULT_MAX_DELIVERIES = 5
-DEFAULTS = ConsumerConfig(DEFAULT_MODE, DEFAULT_LEASE_S, DEFAULT_MAX_DELIVERIES,
-                          DEFAULT_START)
+DEFAULTS = ConsumerConfig(
+    mode=DEFAULT_MODE, lease_s=DEFAULT_LEASE_S, max_deliveries=DEFAULT_MAX_DELIVERIES, start=DEFAULT_START
+)
 #: Longest lease and longest nack delay a client may ask for (12 hours).
 MAX_LEASE_S = 43200.0
 MAX_NACK_DELAY_S = 43200.0
@@ -70,12 +71,6 @@ EXPIRY_SLACK_S = 0.02
 #: the round's own query timeout, a ``next`` answers 503 within two of them
 #: however many instances queue while the database hangs.
 LOCK_WAIT_S = QUERY_TIMEOUT_S
-
-
-class Delivery(NamedTuple):
-    event: Event
-    lease: str
-    deliveries: int
 
 
 def choose(b: Backlog) -> Optional[int]:
@@ -121,27 +116,27 @@ def parse_token(token: str) -> Optional[int]:
     return event_id if 1 <= event_id <= MAX_ID + 1 else None
 
 
-class _Waiter:
-    """One ``next`` request between two leasing rounds."""
+class _Waiter(Subscriber):
+    """One ``next`` request between two leasing rounds: a wake-up subscriber."""
 
     __slots__ = ("deferred", "timer", "known_head", "blocked", "signalled", "highest_seen")
 
     def __init__(self) -> None:
-        self.deferred: defer.Deferred = defer.Deferred()
+        self.deferred: defer.Deferred[None] = defer.Deferred()
         self.timer: Optional[IDelayedCall] = None
         #: Unknown until the leasing round has read the backlog.
         self.blocked: Optional[bool] = None
         self.known_head = 0
-        #: Announced during the round: a state change or outage; the highest head.
+        #: Announced during the round: a state change or resync; the highest head.
         self.signalled = False
         self.highest_seen = 0
 
-    def announce(self, head: Optional[int]) -> None:
-        """``head``: a publish's new head; 0 a consumer state change; None an outage."""
+    def woken(self, wake: Wake) -> None:
+        published = wake.kind is WakeKind.PUBLISHED
         if self.blocked is None:  # the round is still reading: judge it afterwards
-            self.signalled = self.signalled or not head
-            self.highest_seen = max(self.highest_seen, head or 0)
-        elif not head or (not self.blocked and head > self.known_head):
+            self.signalled = self.signalled or not published
+            self.highest_seen = max(self.highest_seen, wake.head)
+        elif not published or (not self.blocked and wake.head > self.known_head):
             self.fire()
 
     def settle(self, backlog: Backlog) -> bool:
@@ -158,30 +153,33 @@ class _Waiter:
 class Consumers:
     """Durable consumers over their store, woken by the notifier."""
 
-    def __init__(self, reactor: IReactorTime, store: ConsumerStore, notifier: Notifier) -> None:
+    def __init__(
+        self, reactor: IReactorTime, store: ConsumerStore, events: EventStore, notifier: Notifier
+    ) -> None:
         self.reactor = reactor
         self.store = store
+        self.events = events
         self.notifier = notifier
-        self._waiters: dict[tuple[str, str], set[_Waiter]] = {}
-        self._unwatch: dict[tuple[str, str], Callable[[], None]] = {}
+        self._waiting = 0
         self._locks: dict[tuple[str, str, str], defer.DeferredLock] = {}
 
     # -- leasing ----------------------------------------------------------------
-    async def next(self, context: str, channel: str, name: str,
-                   timeout: float) -> Optional[Delivery]:
+    async def next(self, context: str, channel: str, name: str, timeout: float) -> Optional[Delivery]:
         """Lease the next available event, waiting up to ``timeout`` seconds."""
         deadline = self.reactor.seconds() + timeout
-        key = (context, channel)
         while True:
-            waiter = self._register(key)
+            waiter = _Waiter()
+            # Before the leasing round reads: nothing committed after it is missed.
+            subscription = self.notifier.subscribe(context, channel, waiter)
+            self._waiting += 1
             try:
                 outcome = await self._lease(context, channel, name)
                 if outcome.leased is not None:
                     leased = outcome.leased
-                    event = await self.store.event(context, channel, leased.event_id)
+                    event = await self.events.event(context, channel, leased.event_id)
                     if event is None:  # events are never deleted: a broken database
                         raise Unavailable(f"leased event {leased.event_id} cannot be read")
-                    return Delivery(event, leased.token, leased.deliveries)
+                    return Delivery(event=event, lease=leased.token, deliveries=leased.deliveries)
                 remaining = deadline - self.reactor.seconds()
                 if remaining <= 0:
                     return None
@@ -193,7 +191,10 @@ class Consumers:
                 waiter.timer = self.reactor.callLater(wait, waiter.fire)
                 await waiter.deferred
             finally:
-                self._discard(key, waiter)
+                self._waiting -= 1
+                subscription.cancel()
+                if waiter.timer is not None and waiter.timer.active():
+                    waiter.timer.cancel()
 
     async def _lease(self, context: str, channel: str, name: str) -> LeaseOutcome:
         """One leasing round, one at a time per consumer in this process.
@@ -224,16 +225,15 @@ class Consumers:
         if event_id is None or not await self.store.ack(context, channel, name, event_id, token):
             raise Conflict("unknown or expired lease")
 
-    async def nack(self, context: str, channel: str, name: str, token: str,
-                   delay_s: float) -> None:
+    async def nack(self, context: str, channel: str, name: str, token: str, delay_s: float) -> None:
         event_id = parse_token(token)
-        if event_id is None or not await self.store.nack(context, channel, name, event_id,
-                                                         token, delay_s):
+        if event_id is None or not await self.store.nack(context, channel, name, event_id, token, delay_s):
             raise Conflict("unknown or expired lease")
 
     # -- management -------------------------------------------------------------
-    async def configure(self, context: str, channel: str, name: str,
-                        config: ConsumerConfig) -> tuple[bool, ConsumerStatus]:
+    async def configure(
+        self, context: str, channel: str, name: str, config: ConsumerConfig
+    ) -> tuple[bool, ConsumerStatus]:
         """Create or update; (created, status)."""
         created = await self.store.configure(context, channel, name, config)
         return created, await self.status(context, channel, name)
@@ -244,7 +244,8 @@ class Consumers:
             raise NotFound(f"no consumer {name} on {context}/{channel}")
         return found[0]
 
-    async def list(self, context: str, channel: str) -> list[ConsumerStatus]:
+    async def of_channel(self, context: str, channel: str) -> list[ConsumerStatus]:
+        """Every consumer of a channel, by name."""
         return await self.store.status(context, channel)
 
     async def delete(self, context: str, channel: str, name: str) -> None:
@@ -259,31 +260,4 @@ class Consumers:
 
     def waiting(self) -> int:
         """``next`` requests currently held open (for tests)."""
-        return sum(len(w) for w in self._waiters.values())
-
-    # -- waking -----------------------------------------------------------------
-    def _register(self, key: tuple[str, str]) -> _Waiter:
-        waiter = _Waiter()
-        waiters = self._waiters.get(key)
-        if waiters is None:
-            waiters = self._waiters[key] = set()
-            self._unwatch[key] = self.notifier.watch(
-                key[0], key[1], lambda _context, _channel, head: self._announce(key, head))
-        waiters.add(waiter)
-        return waiter
-
-    def _discard(self, key: tuple[str, str], waiter: _Waiter) -> None:
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
-        waiters = self._waiters.get(key)
-        if waiters is None:
-            return
-        waiters.discard(waiter)
-        if not waiters:
-            del self._waiters[key]
-            self._unwatch.pop(key)()
-
-    def _announce(self, key: tuple[str, str], head: Optional[int]) -> None:
-        """A notification for the channel (``head`` None: after a LISTEN outage)."""
-        for waiter in list(self._waiters.get(key, ())):
-            waiter.announce(head)
+        return self._waiting

@@ -1,48 +1,38 @@
-"""Exceptions that map one-to-one onto HTTP error statuses.
+"""Domain errors: what went wrong, in the event bus' own words.
 
-Handlers raise these; :mod:`eventbus.api` turns every one of them into a JSON
-``{"error": ...}`` response in a single place.
+Any layer raises these (storage, the domain modules, the HTTP handlers); the
+HTTP layer alone decides what a client sees, mapping each class to a status
+and a JSON body in one place (:mod:`eventbus.http.router`).
+
+No HTTP here: no statuses, no header names.  Imports nothing of ours.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
 
-
-class ApiError(Exception):
-    """An error the client should see, with its HTTP status."""
-
-    status = 500
+class EventBusError(Exception):
+    """An error a client should be told about, with a message for a person."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class BadRequest(ApiError):
-    status = 400
+class InvalidInput(EventBusError):
+    """The request names or carries something the bus cannot accept."""
 
 
-class NotFound(ApiError):
-    status = 404
+class NotFound(EventBusError):
+    """The thing asked for does not exist (an event, a consumer, a subscription)."""
 
 
-class MethodNotAllowed(ApiError):
-    status = 405
-
-    def __init__(self, message: str, allowed: Sequence[str]) -> None:
-        super().__init__(message)
-        self.allowed = sorted(allowed)
+class Conflict(EventBusError):
+    """The request contradicts the current state (an unknown or expired lease)."""
 
 
-class Conflict(ApiError):
-    status = 409
+class TooLarge(EventBusError):
+    """The request is over a configured size limit (a batch, a body)."""
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
-
-
-class Unavailable(ApiError):
-    """The database cannot be reached (or did not answer in time)."""
-
-    status = 503
+class Unavailable(EventBusError):
+    """The database cannot be reached, or did not answer in time."""

@@ -1,24 +1,34 @@
-"""The event object: names, the stored row, and its JSON form.
+"""Value types of the event bus, built by keyword, and the event's JSON form.
 
-Payloads are kept as the exact JSON text the publisher sent (validated, never
-re-encoded), so numbers too large for a double and key order survive
-untouched, and rendering an event is string concatenation.
+Invariant: an :class:`Event` is immutable once committed, and its payload is
+the exact JSON text the publisher sent (validated, never re-encoded), so
+numbers too large for a double and key order survive untouched, and
+rendering an event is string concatenation.
+
+Layer rule: imports nothing of ours but :mod:`eventbus.errors`; no HTTP (no
+header names, no statuses), no SQL.
 """
+
 from __future__ import annotations
 
-import json
 import re
-from typing import NamedTuple, Optional
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Optional, Union
 
 import orjson
 
-from eventbus.errors import BadRequest
+from eventbus.errors import InvalidInput
 
-NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
+#: Names of contexts, channels and consumers.
+NAME_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
+NAME_RE = re.compile(NAME_PATTERN + r"\Z")
 MAX_ISSUER_LEN = 128
 #: Largest id a client may name: ids are PostgreSQL bigints and a cursor
 #: must leave room for "the next one".
 MAX_ID = 2**63 - 2
+
+#: ``(context, channel)``: how a channel is named everywhere in the process.
+ChannelKey = tuple[str, str]
 
 
 class Event(NamedTuple):
@@ -31,75 +41,25 @@ class Event(NamedTuple):
 
 
 def check_name(kind: str, value: str) -> str:
+    """``value`` if it is a valid name of a context, channel or consumer."""
     if not NAME_RE.match(value):
-        raise BadRequest(
-            f"{kind} must match [A-Za-z0-9_.:-]{{1,128}}, got {value[:140]!r}"
-        )
+        raise InvalidInput(f"{kind} must match {NAME_PATTERN}, got {value[:140]!r}")
     return value
 
 
-def check_issuer(raw: Optional[bytes]) -> str:
-    if raw is None:
-        raise BadRequest("missing X-EVENT-ISSUER header")
-    try:
-        issuer = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise BadRequest("X-EVENT-ISSUER header is not valid UTF-8") from None
+def check_issuer(issuer: str, source: str) -> str:
+    """A publisher's name; ``source`` says where it came from, for the message."""
+    issuer = issuer.strip()
     if not issuer:
-        raise BadRequest("X-EVENT-ISSUER header is empty")
+        raise InvalidInput(f"{source} is empty")
     if len(issuer) > MAX_ISSUER_LEN:
-        raise BadRequest(f"X-EVENT-ISSUER header is longer than {MAX_ISSUER_LEN} characters")
+        raise InvalidInput(f"{source} is longer than {MAX_ISSUER_LEN} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in issuer):
-        raise BadRequest("X-EVENT-ISSUER header contains control characters")
+        raise InvalidInput(f"{source} contains control characters")
     return issuer
 
 
-def parse_payload(body: bytes) -> tuple[str, object]:
-    """Validate a request body; return its text and its parsed value.
-
-    Rejects empty bodies, invalid UTF-8, invalid JSON (NaN and Infinity
-    included) with a 400.  The caller decides which shapes it accepts.
-    """
-    if not body.strip():
-        raise BadRequest("empty body: the payload must be a JSON object")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadRequest(f"body is not valid UTF-8 (byte {e.start})") from None
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"body is not valid JSON: {e}") from None
-    return text.strip(), value
-
-
-_DECODER = json.JSONDecoder()
-_WS = " \t\n\r"
-
-
-def split_array(text: str) -> list[str]:
-    """The exact source text of each element of an (already validated) JSON array.
-
-    Elements are kept as sent, like single payloads; the stdlib's C scanner
-    finds where each one ends.
-    """
-    items: list[str] = []
-    i = text.index("[") + 1
-    n = len(text)
-    while True:
-        while i < n and text[i] in _WS:
-            i += 1
-        if text[i] == "]":
-            return items
-        _, end = _DECODER.raw_decode(text, i)
-        items.append(text[i:end])
-        i = end
-        while i < n and text[i] in _WS:
-            i += 1
-        if text[i] == ",":
-            i += 1
-
-
+# -- the event's JSON form (the HTTP answers, SSE messages and webhook bodies) ----
 def render_event(context: str, channel: str, event: Event) -> bytes:
     """The event object as JSON bytes (context/channel need no escaping)."""
     return _template(context, channel, event) % (event.id, event.payload.encode("utf-8"))
@@ -120,14 +80,126 @@ def render_events(context: str, channel: str, events: list[Event]) -> list[bytes
 
 
 def _template(context: str, channel: str, event: Event) -> bytes:
-    return b"".join((
-        b'{"id":%d,"issuer":', orjson.dumps(event.issuer).replace(b"%", b"%%"),
-        b',"context":"', context.encode(),
-        b'","channel":"', channel.encode(),
-        b'","timestamp":', repr(event.timestamp).encode(),
-        b',"payload":%s}',
-    ))
+    return b"".join(
+        (
+            b'{"id":%d,"issuer":',
+            orjson.dumps(event.issuer).replace(b"%", b"%%"),
+            b',"context":"',
+            context.encode(),
+            b'","channel":"',
+            channel.encode(),
+            b'","timestamp":',
+            repr(event.timestamp).encode(),
+            b',"payload":%s}',
+        )
+    )
 
 
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+# -- durable consumers ---------------------------------------------------------------
+ORDERED = "ordered"
+SHARED = "shared"
+MODES = (ORDERED, SHARED)
+
+#: Where a new consumer or subscription begins: "earliest", "latest" or an event id.
+Start = Union[Literal["earliest", "latest"], int]
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    mode: str
+    lease_s: float
+    max_deliveries: int
+    #: Applies only when the consumer is created; a later PUT never moves it.
+    start: Start
+
+
+class Backlog(NamedTuple):
+    """What a leasing decision needs, read under the consumer's lock."""
+
+    mode: str
+    next_new: int
+    head: int  # the channel's last id
+    in_flight: int  # unexpired leases
+    first_pending: Optional[int]  # lowest leased or available (not dead) id
+    first_ready: Optional[int]  # lowest id that may be leased now
+    #: Seconds until the next lease expiry or end of a nack delay (None: none).
+    next_change_s: Optional[float]
+
+
+class Leased(NamedTuple):
+    event_id: int
+    token: str
+    deliveries: int
+
+
+class LeaseOutcome(NamedTuple):
+    backlog: Backlog
+    leased: Optional[Leased]
+
+
+class ConsumerStatus(NamedTuple):
+    name: str
+    mode: str
+    lease_s: float
+    max_deliveries: int
+    cursor: int
+    lag: int
+    in_flight: int
+    dead: int
+
+
+class DeadEvent(NamedTuple):
+    event: Event
+    deliveries: int
+
+
+class Delivery(NamedTuple):
+    """An event leased to a consumer instance."""
+
+    event: Event
+    lease: str
+    deliveries: int
+
+
+# -- webhook subscriptions --------------------------------------------------------------
+#: The ``channel`` of a subscription to every channel of its context.
+ALL_CHANNELS = "*"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A subscription this process delivers, with what delivery needs."""
+
+    id: int
+    context: str
+    channel: str
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """One channel of a subscription: its cursor and its latest attempt."""
+
+    channel: str
+    delivered_id: int
+    head: int
+    failures: int
+    failing_since: Optional[float]
+    last_attempt: Optional[float]
+    last_status: Optional[int]
+    last_error: Optional[str]
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    id: int
+    context: str
+    channel: str
+    url: str
+    created: float
+    disabled_at: Optional[float]
+    disabled_reason: Optional[str]
+    #: The process delivering it now (None: nobody holds a live lease).
+    owner: Optional[str]
+    channels: list[ChannelState] = field(default_factory=list)

@@ -1,125 +1,257 @@
-"""Long-poll waiters and the LISTEN connection that wakes them.
+"""One way to wait for a channel: subscriptions, woken by commits and NOTIFY.
 
-Shape borrowed from Synapse's notifier: waiters are kept per channel, so a
-publish costs one dict lookup for the channels nobody waits on; a wake reads
-the new events of a channel *once* and answers every waiter of that channel
-from that one result.
+Shape borrowed from Synapse's notifier: subscriptions are kept per channel,
+so a publish costs one dict lookup for the channels nobody waits on; a wake
+reads the new events of a channel *once* and answers every subscriber of
+that channel from that one result (and from the :class:`TailCache` the read
+fills).
 
-No lost wake-ups: a waiter is registered *before* its first read of the
-store.  Whatever commits after that read sends a notification that finds the
-waiter; whatever committed before it is seen by the read.  Notifications
-sent while the LISTEN connection was down are lost, so on reconnect every
-channel that has waiters is read again.
+Everything that waits subscribes through :meth:`Notifier.subscribe` with a
+:class:`Subscriber`, which says what it wants told:
+
+* wake-ups only (``cursor`` None): a typed :class:`Wake` for every publish,
+  consumer-state change or lost-notification resync of its channel (or, with
+  channel None, of every channel of its context).  Durable consumers' ``next``
+  and webhook delivery loops do their own reading.
+* events (``cursor`` an id): the events after the cursor, read by the
+  notifier.  With ``follows`` False only the next one (a long-poll ``peek``:
+  :meth:`Notifier.next_event` is that, ready-made); with ``follows`` True
+  every event, contiguous and in order, for as long as it stays subscribed
+  (an SSE broadcast group).
+
+No lost wake-ups: subscribe *before* the first read of the store.  Whatever
+commits after that read sends a notification that finds the subscription;
+whatever committed before it is seen by the read.  Notifications sent while
+the LISTEN connection was down are lost, so after it reconnects
+(:meth:`Notifier.resync`) every channel with subscribers is read again and
+every wake-up subscriber gets a ``RESYNC``.  Every subscription is
+cancellable, and cancelling never raises: Klein cancels a handler's Deferred
+when its client disconnects.  Time is the injected reactor's.
+
+Layer rule: a domain module; no SQL (it reads through the event store), no HTTP.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import enum
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from eventbus.errors import Unavailable
-from eventbus.model import MAX_ID, Event
-from eventbus.store import (
-    NOTIFY_CHANNEL,
-    Store,
-    close_for_good,
-    connect_kwargs,
-    make_connection,
-)
+from eventbus.model import MAX_ID, ChannelKey, Event
+from eventbus.retry import EVERY_SECOND, retrying
+from eventbus.storage.notify import STATE_CHANGED, Notification
 from eventbus.tail import TAIL_EVENTS, TailCache
 
 log = Logger()
 
-#: Retry delay for a wake-up read that failed because the database was away.
-WAKE_RETRY_S = 1.0
-#: How often the LISTEN connection is probed, so a silently dead one is noticed.
-LISTEN_KEEPALIVE_S = 10.0
-#: A wake-up "head" beyond every id: the channel may have anything new, read
-#: the store to know (a new follower, a LISTEN outage).
-UNKNOWN_HEAD = MAX_ID + 1
-
-ChannelKey = tuple[str, str]
-#: ``watcher(context, channel, head)``: events up to ``head`` may exist in
-#: that channel.  ``channel`` is None and ``head`` is None after a LISTEN
-#: outage, meaning "anything in this context may have changed".  ``head`` 0
-#: announces no event: something else about the channel changed (durable
-#: consumers send it when a nack, ack or retry makes an event leasable).
-Watcher = Callable[[str, Optional[str], Optional[int]], None]
+#: Delay before a wake-up read that failed (the database was away) is retried.
+WAKE_RETRY_S = EVERY_SECOND(0)
+#: A head beyond every id: the channel may hold anything new, read the store
+#: to know (a new follower, a resync).  Internal: never handed to subscribers.
+_ANY_HEAD = MAX_ID + 1
 
 
-class _Waiter:
-    __slots__ = ("cursor", "deferred", "timer")
+class EventReader(Protocol):
+    """What the notifier reads (the event store, or a fake in tests)."""
 
-    def __init__(self, cursor: int) -> None:
-        self.cursor = cursor
-        self.deferred: defer.Deferred = defer.Deferred()
-        self.timer: Optional[IDelayedCall] = None
+    async def first_after(self, context: str, channel: str, cursor: int) -> Optional[Event]: ...
+
+    async def events_by_id(self, context: str, channel: str, ids: set[int]) -> dict[int, Event]: ...
+
+    async def page(self, context: str, channel: str, after: int, upto: int, limit: int) -> list[Event]: ...
 
 
-class _Follower:
-    __slots__ = ("cursor", "deliver", "active")
+class WakeKind(enum.Enum):
+    #: Events up to ``Wake.head`` exist in the channel.
+    PUBLISHED = "published"
+    #: No new event, but the channel's consumer state changed (a nack, a
+    #: retry, an ordered ack or a PUT made an event leasable).
+    CHANGED = "changed"
+    #: Notifications may have been lost (the LISTEN connection was down):
+    #: anything may have changed; read again.
+    RESYNC = "resync"
 
-    def __init__(self, cursor: int, deliver: Callable[[list[Event]], None]) -> None:
-        self.cursor = cursor
-        self.deliver = deliver
+
+@dataclass(frozen=True)
+class Wake:
+    kind: WakeKind
+    #: The channel concerned; None for a RESYNC of a whole context.
+    channel: Optional[str]
+    #: With PUBLISHED: the newest id announced.  0 otherwise.
+    head: int = 0
+
+
+class Subscriber:
+    """What a subscription tells; subclasses override what they need."""
+
+    __slots__ = ()
+
+    #: None: wake-ups only.  An id: the events after it are wanted (the
+    #: notifier moves it along for a follower).
+    cursor: Optional[int] = None
+    #: With a cursor: every event from now on (True) or only the next (False).
+    follows: bool = False
+
+    def woken(self, wake: Wake) -> None:
+        """A wake-up (subscribers without a cursor).  Must not raise."""
+
+    def deliver(self, events: list[Event]) -> None:
+        """The events right after ``cursor`` (subscribers with one).  Must not raise."""
+
+
+class Subscription:
+    """One registration; :meth:`cancel` ends it (idempotent, never raises)."""
+
+    __slots__ = ("notifier", "key", "subscriber", "active")
+
+    def __init__(self, notifier: Notifier, key: tuple[str, Optional[str]], subscriber: Subscriber) -> None:
+        self.notifier = notifier
+        self.key = key
+        self.subscriber = subscriber
         self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self.notifier._remove(self)
 
 
 class _Channel:
-    """The waiters and followers of one channel and the state of its wake-up read."""
+    """The subscriptions of one channel and the state of its wake-up read."""
 
-    __slots__ = ("waiters", "followers", "reading", "pending")
+    __slots__ = ("signals", "waiters", "followers", "reading", "pending")
 
     def __init__(self) -> None:
-        self.waiters: set[_Waiter] = set()
-        self.followers: set[_Follower] = set()
+        self.signals: set[Subscription] = set()
+        #: Subscriptions for the next event only (long polls).
+        self.waiters: set[Subscription] = set()
+        self.followers: set[Subscription] = set()
         self.reading = False
         #: Highest id announced since the last read started (0: none).
         self.pending = 0
 
+    def idle(self) -> bool:
+        return not (self.signals or self.waiters or self.followers or self.reading)
+
+
+class _NextEvent(Subscriber):
+    """A long poll: the first event after ``cursor``, or None at its timeout."""
+
+    __slots__ = ("cursor", "result", "timer")
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor
+        self.result: defer.Deferred[Optional[Event]] = defer.Deferred()
+        self.timer: Optional[IDelayedCall] = None
+
+    def deliver(self, events: list[Event]) -> None:
+        self.finish(events[0])
+
+    def finish(self, event: Optional[Event]) -> None:
+        if not self.result.called:
+            self.result.callback(event)
+
 
 class Notifier:
-    """Holds peek requests open until their event exists or they time out."""
+    """Every subscription of this process, woken by local commits and NOTIFY."""
 
-    def __init__(self, reactor: IReactorTime, store: Store) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        store: EventReader,
+        own_pids: Callable[[], frozenset[int]] = frozenset,
+    ) -> None:
         self.reactor = reactor
         self.store = store
+        #: Backends of this process's pool: their notifications echo commits
+        #: that :meth:`published` announced already.
+        self._own_pids = own_pids
         self._channels: dict[ChannelKey, _Channel] = {}
-        self._watchers: dict[tuple[str, Optional[str]], set[Watcher]] = {}
+        #: Wake-up subscriptions to every channel of a context.
+        self._contexts: dict[str, set[Subscription]] = {}
         self.tail = TailCache()
-        # The store tells us of every append it commits, before answering the
-        # publisher; their NOTIFY echoes are then skipped (on_notification).
-        self._own_pids: Callable[[], frozenset[int]] = getattr(
-            store, "backend_pids", lambda: frozenset())
-        if store is not None:
-            store.on_append = self.published
 
-    # -- waiting ------------------------------------------------------------
-    async def wait(self, context: str, channel: str, cursor: int,
-                   timeout: float) -> Optional[Event]:
+    # -- subscribing ------------------------------------------------------------
+    def subscribe(self, context: str, channel: Optional[str], subscriber: Subscriber) -> Subscription:
+        """Register ``subscriber`` for ``channel`` of ``context`` (None: every
+        channel of it, for wake-ups only).  A follower is fed at once with
+        what the store holds after its cursor."""
+        subscription = Subscription(self, (context, channel), subscriber)
+        if channel is None:
+            if subscriber.cursor is not None:
+                raise ValueError("a subscription to a whole context takes wake-ups only")
+            self._contexts.setdefault(context, set()).add(subscription)
+            return subscription
+        key = (context, channel)
+        ch = self._channels.get(key)
+        if ch is None:
+            ch = self._channels[key] = _Channel()
+        if subscriber.cursor is None:
+            ch.signals.add(subscription)
+        elif subscriber.follows:
+            ch.followers.add(subscription)
+            self._wake(context, channel, _ANY_HEAD)
+        else:
+            ch.waiters.add(subscription)
+        return subscription
+
+    def _remove(self, subscription: Subscription) -> None:
+        context, channel = subscription.key
+        if channel is None:
+            subs = self._contexts.get(context)
+            if subs is not None:
+                subs.discard(subscription)
+                if not subs:
+                    del self._contexts[context]
+            return
+        key = (context, channel)
+        ch = self._channels.get(key)
+        if ch is None:
+            return
+        ch.signals.discard(subscription)
+        ch.waiters.discard(subscription)
+        ch.followers.discard(subscription)
+        if ch.idle():
+            del self._channels[key]
+
+    async def next_event(self, context: str, channel: str, cursor: int, timeout: float) -> Optional[Event]:
         """The first event with id > cursor, or None after ``timeout`` seconds."""
         key = (context, channel)
         cached = self.tail.get(key, cursor + 1)
         if cached is not None:
             return cached
-        waiter = self._register(key, cursor, timeout)
+        waiter = _NextEvent(cursor)
+        subscription = self.subscribe(context, channel, waiter)  # before the read
+        waiter.timer = self.reactor.callLater(timeout, waiter.finish, None)
         try:
             event = await self.store.first_after(context, channel, cursor)
-        except BaseException:
-            self._discard(key, waiter)
-            raise
-        if event is not None:
-            self.tail.add(key, [event])
-            if not waiter.deferred.called:
-                self._fire(key, waiter, event)
-        return await waiter.deferred
+            if event is not None:
+                self.tail.add(key, [event])
+                waiter.finish(event)
+            return await waiter.result
+        finally:
+            subscription.cancel()
+            if waiter.timer.active():
+                waiter.timer.cancel()
 
     def recent(self, context: str, channel: str, cursor: int, limit: int) -> list[Event]:
         """Events after ``cursor`` that are in memory already (may be empty)."""
         return self.tail.after((context, channel), cursor, limit)
 
+    def waiting(self) -> int:
+        """Long polls currently held open (for tests and health)."""
+        return sum(len(c.waiters) for c in self._channels.values())
+
+    def following(self) -> int:
+        """Followers subscribed (for tests)."""
+        return sum(len(c.followers) for c in self._channels.values())
+
+    # -- what wakes ---------------------------------------------------------------
     def published(self, context: str, channel: str, events: list[Event]) -> None:
         """This process committed ``events``: remember them and wake their channel
         (other processes hear of them through NOTIFY)."""
@@ -130,193 +262,123 @@ class Notifier:
             self.tail.add(key, events)
         self.notify(context, channel, events[-1].id)
 
-    def waiting(self) -> int:
-        """Number of requests currently held open (for tests and health)."""
-        return sum(len(c.waiters) for c in self._channels.values())
-
-    def following(self) -> int:
-        """Number of followers registered (for tests)."""
-        return sum(len(c.followers) for c in self._channels.values())
-
-    def follow(self, context: str, channel: str, cursor: int,
-               deliver: Callable[[list[Event]], None]) -> Callable[[], None]:
-        """Call ``deliver(events)`` with every event after ``cursor``, as soon
-        as this process learns of it; returns the call that stops it.
-
-        For a consumer that stays at the head of a busy channel (an SSE
-        broadcast group): unlike :meth:`wait` it is not re-registered, nor is
-        the store re-read, per event.  Each call carries the events right
-        after the previous one, contiguous and in order.  The channel is read
-        once now, so what committed before the follower was registered is not
-        missed.  ``deliver`` may run before this returns and must not raise.
-        """
-        key = (context, channel)
-        follower = _Follower(cursor, deliver)
-        ch = self._channels.get(key)
-        if ch is None:
-            ch = self._channels[key] = _Channel()
-        ch.followers.add(follower)
-
-        def unfollow() -> None:
-            follower.active = False
-            ch = self._channels.get(key)
-            if ch is not None:
-                ch.followers.discard(follower)
-                self._forget_if_idle(key, ch)
-
-        self._wake(context, channel, UNKNOWN_HEAD)
-        return unfollow
-
-    def _register(self, key: ChannelKey, cursor: int, timeout: float) -> _Waiter:
-        waiter = _Waiter(cursor)
-        # A client that disconnects cancels the handler, which cancels this
-        # Deferred: drop the waiter at once.  Cancellers must never raise.
-        waiter.deferred = defer.Deferred(lambda _: self._discard(key, waiter))
-        waiter.timer = self.reactor.callLater(timeout, self._fire, key, waiter, None)
-        ch = self._channels.get(key)
-        if ch is None:
-            ch = self._channels[key] = _Channel()
-        ch.waiters.add(waiter)
-        return waiter
-
-    def _discard(self, key: ChannelKey, waiter: _Waiter) -> None:
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
-        ch = self._channels.get(key)
-        if ch is None:
+    def on_notification(self, notification: Notification) -> None:
+        """A NOTIFY from any process.  An append committed through this
+        process's own pool was announced already (:meth:`published`, called
+        by the store at commit), so its echo is skipped; a state change
+        never is."""
+        if notification.head != STATE_CHANGED and notification.pid in self._own_pids():
             return
-        ch.waiters.discard(waiter)
-        self._forget_if_idle(key, ch)
+        self.notify(notification.context, notification.channel, notification.head)
 
-    def _forget_if_idle(self, key: ChannelKey, ch: _Channel) -> None:
-        if not ch.waiters and not ch.followers and not ch.reading:
-            del self._channels[key]
-
-    def _fire(self, key: ChannelKey, waiter: _Waiter, event: Optional[Event]) -> None:
-        self._discard(key, waiter)
-        if not waiter.deferred.called:
-            waiter.deferred.callback(event)
-
-    # -- long-lived watchers ---------------------------------------------------
-    def watch(self, context: str, channel: Optional[str],
-              watcher: Watcher) -> Callable[[], None]:
-        """Call ``watcher`` on every wake of a channel (or, with ``channel``
-        None, of every channel of ``context``); returns the unsubscribe call.
-
-        For components that follow channels continuously (webhook delivery,
-        consumer groups); one-shot requests use :meth:`wait`.  Watchers must
-        not raise; they are told about events, they do not read them.
-        """
-        key = (context, channel)
-        self._watchers.setdefault(key, set()).add(watcher)
-
-        def unwatch() -> None:
-            watchers = self._watchers.get(key)
-            if watchers is not None:
-                watchers.discard(watcher)
-                if not watchers:
-                    del self._watchers[key]
-
-        return unwatch
-
-    def _tell_watchers(self, context: str, channel: Optional[str],
-                       head: Optional[int]) -> None:
-        if channel is None:  # after an outage: every watcher of the context
-            keys = [k for k in self._watchers if k[0] == context]
-        else:
-            keys = [(context, channel), (context, None)]
-        for key in keys:
-            for watcher in list(self._watchers.get(key, ())):
-                try:
-                    watcher(context, channel, head)
-                except Exception:
-                    log.failure("watcher of {key} failed", key=key)
-
-    # -- waking -------------------------------------------------------------
     def notify(self, context: str, channel: str, head: int) -> None:
-        """Events up to ``head`` exist in this channel: answer who waits for them."""
-        if self._watchers:
-            self._tell_watchers(context, channel, head)
-        self._wake(context, channel, head)
+        """Events up to ``head`` exist in this channel (``STATE_CHANGED``:
+        none, its consumer state changed): tell who waits for it."""
+        if head == STATE_CHANGED:
+            wake = Wake(WakeKind.CHANGED, channel)
+        else:
+            wake = Wake(WakeKind.PUBLISHED, channel, head)
+        ch = self._channels.get((context, channel))
+        if ch is not None and ch.signals:
+            self._tell(ch.signals, wake)
+        subs = self._contexts.get(context)
+        if subs:
+            self._tell(subs, wake)
+        if head != STATE_CHANGED:
+            self._wake(context, channel, head)
 
+    def resync(self) -> None:
+        """Notifications may have been lost (the LISTEN connection came back):
+        read every channel that has subscribers, tell every wake-up subscriber."""
+        for context, subs in list(self._contexts.items()):
+            self._tell(subs, Wake(WakeKind.RESYNC, None))
+        for (context, channel), ch in list(self._channels.items()):
+            if ch.signals:
+                self._tell(ch.signals, Wake(WakeKind.RESYNC, channel))
+            self._wake(context, channel, _ANY_HEAD)
+
+    def _tell(self, subscriptions: set[Subscription], wake: Wake) -> None:
+        for subscription in list(subscriptions):
+            if subscription.active:
+                try:
+                    subscription.subscriber.woken(wake)
+                except Exception:
+                    log.failure("subscriber of {key} failed", key=subscription.key)
+
+    # -- the one read per channel -----------------------------------------------------
     def _wake(self, context: str, channel: str, head: int) -> None:
         ch = self._channels.get((context, channel))
-        if ch is None:
+        if ch is None or not (ch.waiters or ch.followers):
             return
         ch.pending = max(ch.pending, head)
         if not ch.reading:
             ch.reading = True
             defer.ensureDeferred(self._read((context, channel), ch))
 
-    def recheck_all(self) -> None:
-        """Read every channel that has waiters (after a LISTEN outage)."""
-        for context in {k[0] for k in self._watchers}:
-            self._tell_watchers(context, None, None)
-        for context, channel in list(self._channels):
-            self._wake(context, channel, UNKNOWN_HEAD)
-
     async def _read(self, key: ChannelKey, ch: _Channel) -> None:
         try:
-            while ch.pending:
-                head, ch.pending = ch.pending, 0
-                if not await self._answer_waiters(key, ch, head):
-                    return
-                # After the waiters: their read has filled the tail.
-                if ch.followers and not await self._feed_followers(key, ch, head):
-                    return
+            while ch.pending and (ch.waiters or ch.followers):
+                await retrying(
+                    self.reactor,
+                    lambda: self._round(key, ch),
+                    what=f"wake-up read of {key[0]}/{key[1]}",
+                )
         except Exception:
             log.failure("waking {key} failed", key=key)
         finally:
             ch.reading = False
-            if self._channels.get(key) is ch:
-                self._forget_if_idle(key, ch)
+            if self._channels.get(key) is ch and ch.idle():
+                del self._channels[key]
 
-    async def _answer_waiters(self, key: ChannelKey, ch: _Channel, head: int) -> bool:
-        """Fire the waiters whose event is now known; False if the read failed
-        (a retry is scheduled)."""
-        wanted = {w.cursor + 1 for w in ch.waiters if w.cursor < head}
+    async def _round(self, key: ChannelKey, ch: _Channel) -> None:
+        """Answer the waiters and feed the followers up to the pending head;
+        on an outage the head stays pending for the retry."""
+        head, ch.pending = ch.pending, 0
+        try:
+            await self._answer_waiters(key, ch, head)
+            # After the waiters: their read has filled the tail.
+            if ch.followers:
+                await self._feed_followers(key, ch, head)
+        except Unavailable:
+            ch.pending = max(ch.pending, head)
+            raise
+
+    async def _answer_waiters(self, key: ChannelKey, ch: _Channel, head: int) -> None:
+        """Fire the waiters whose event is now known."""
+        wanted = {w.subscriber.cursor + 1 for w in ch.waiters if w.subscriber.cursor < head}  # type: ignore[operator]
         missing = {i for i in wanted if self.tail.get(key, i) is None}
+        found: dict[int, Event] = {}
         if missing:
-            # One read for the whole channel; with a known head it
-            # also fetches what follows, for the consumers (SSE
-            # streams, peek chains) that will ask for it next.
+            # One read for the whole channel; with a known head it also
+            # fetches what follows, for the consumers (SSE streams, peek
+            # chains) that will ask for it next.
             ids = set(missing)
             low = min(missing)
             if head <= MAX_ID:
                 ids.update(range(low, min(head, low + TAIL_EVENTS - 1) + 1))
-            try:
-                found = await self.store.events_by_id(key[0], key[1], ids)
-            except Unavailable:
-                self._retry_later(key, head)
-                return False
+            found = await self.store.events_by_id(key[0], key[1], ids)
             self.tail.add(key, found.values())
-        else:
-            found = {}
         for waiter in list(ch.waiters):
-            event = found.get(waiter.cursor + 1) or self.tail.get(key, waiter.cursor + 1)
-            if event is not None:
-                self._fire(key, waiter, event)
-        return True
+            cursor = waiter.subscriber.cursor
+            assert cursor is not None
+            event = found.get(cursor + 1) or self.tail.get(key, cursor + 1)
+            if event is not None and waiter.active:
+                waiter.subscriber.deliver([event])
 
-    async def _feed_followers(self, key: ChannelKey, ch: _Channel, head: int) -> bool:
+    async def _feed_followers(self, key: ChannelKey, ch: _Channel, head: int) -> None:
         """Bring every follower up to ``head`` (with an unknown head: up to the
-        store's), from the tail where it can, else a page at a time from the
-        store; False if a read failed (a retry is scheduled)."""
+        store's), from the tail where it can, else a page at a time."""
         for follower in list(ch.followers):
+            sub = follower.subscriber
             # The memory first: in the publishing process (and after the
             # waiters' read) it holds everything up to the head.
-            while follower.active and follower.cursor < head:
-                events = self.tail.after(key, follower.cursor, TAIL_EVENTS)
+            while follower.active and sub.cursor is not None and sub.cursor < head:
+                events = self.tail.after(key, sub.cursor, TAIL_EVENTS)
                 if not events:
                     break
                 self._deliver(follower, events)
-            while follower.active and follower.cursor < head:
-                try:
-                    page = await self.store.page(key[0], key[1], follower.cursor,
-                                                 min(head, MAX_ID + 1), TAIL_EVENTS)
-                except Unavailable:
-                    self._retry_later(key, head)
-                    return False
+            while follower.active and sub.cursor is not None and sub.cursor < head:
+                page = await self.store.page(key[0], key[1], sub.cursor, min(head, MAX_ID + 1), TAIL_EVENTS)
                 self.tail.add(key, page)
                 # Delivered from the page itself: the tail ignores events
                 # older than the run it holds.
@@ -324,84 +386,13 @@ class Notifier:
                     self._deliver(follower, page)
                 if len(page) < TAIL_EVENTS:
                     break
-        return True
 
-    def _deliver(self, follower: _Follower, events: list[Event]) -> None:
-        if events[0].id != follower.cursor + 1:
+    def _deliver(self, follower: Subscription, events: list[Event]) -> None:
+        sub = follower.subscriber
+        if sub.cursor is None or events[0].id != sub.cursor + 1:
             return  # never a gap: the next read starts from the cursor again
-        follower.cursor = events[-1].id
+        sub.cursor = events[-1].id
         try:
-            follower.deliver(events)
+            sub.deliver(events)
         except Exception:
             log.failure("follower delivery failed")
-
-    def _retry_later(self, key: ChannelKey, head: int) -> None:
-        log.warn("wake-up read of {key} failed; retrying", key=key)
-        self.reactor.callLater(WAKE_RETRY_S, self._wake, key[0], key[1], head)
-
-    def on_notification(self, payload: str, pid: int = 0) -> None:
-        """Parse a ``<context>/<channel>/<id>`` notification and wake its channel.
-
-        An append committed through this process's own pool was announced
-        already (:meth:`published`, called by the store at commit), so its
-        echo is skipped; ``head`` 0 (a consumer state change) never is.
-        """
-        try:
-            rest, head = payload.rsplit("/", 1)
-            context, channel = rest.split("/", 1)
-            head_id = int(head)
-        except ValueError:
-            log.warn("ignoring malformed notification {payload!r}", payload=payload)
-            return
-        if head_id and pid in self._own_pids():
-            return
-        self.notify(context, channel, head_id)
-
-
-class Listener:
-    """The LISTEN connection: forwards notifications, re-arms itself after outages."""
-
-    def __init__(self, reactor: Any, dsn: str, on_notification: Callable[[str, int], None],
-                 on_recovered: Callable[[], None]) -> None:
-        self.reactor = reactor
-        self.dsn = dsn
-        self.on_notification = on_notification
-        self.on_recovered = on_recovered
-        self._conn: Any = None
-        self._keepalive: Optional[task.LoopingCall] = None
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and not self._conn.detector.connectionIsDead
-
-    async def start(self) -> None:
-        conn = make_connection(self.reactor)
-        await conn.connect(**connect_kwargs(self.dsn))
-        conn.addNotifyObserver(self._observe)
-        conn.detector.addRecoveryHandler(self._recovered)
-        await conn.runOperation(f"LISTEN {NOTIFY_CHANNEL}")
-        self._conn = conn
-        self._keepalive = task.LoopingCall(self._probe)
-        self._keepalive.clock = self.reactor
-        self._keepalive.start(LISTEN_KEEPALIVE_S, now=False)
-
-    def stop(self) -> None:
-        if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
-        if self._conn is not None:
-            close_for_good(self._conn)
-            self._conn = None
-
-    def _observe(self, notify: Any) -> None:
-        if notify.channel == NOTIFY_CHANNEL:
-            self.on_notification(notify.payload, notify.pid)
-
-    async def _recovered(self) -> None:
-        log.info("LISTEN connection re-established; re-checking waiting channels")
-        await self._conn.runOperation(f"LISTEN {NOTIFY_CHANNEL}")
-        self.on_recovered()
-
-    def _probe(self) -> None:
-        # Errors are noticed by the connection's detector, which reconnects.
-        if self._conn is not None and not self._conn.detector.connectionIsDead:
-            self._conn.runQuery("SELECT 1").addErrback(lambda _: None)

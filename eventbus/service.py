@@ -1,28 +1,30 @@
-"""The twistd service tree: embedded PostgreSQL, database, notifier, ports.
+"""The twistd service tree: embedded PostgreSQL, database, listener, ports.
 
 Order matters and is enforced by :class:`SequentialService`: the database is
 reachable and migrated, and the LISTEN connection is up, before any port
 listens; on shutdown the ports stop first and PostgreSQL last.
+
+Layer rule: may import everything; builds nothing (:mod:`eventbus.tap` does).
 """
 from __future__ import annotations
 
 import gc
-import time
 from typing import Any, Callable, Optional
 
 from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from eventbus.embedded import EmbeddedPostgres
-from eventbus.notifier import Listener
-from eventbus.store import Store
+from eventbus.retry import retrying
+from eventbus.storage.database import Database
+from eventbus.storage.embedded import EmbeddedPostgres
+from eventbus.storage.migrate import migrate
+from eventbus.storage.notify import Listener
 
 log = Logger()
 
 #: How long start-up keeps retrying an unreachable database before giving up.
 STARTUP_DB_WAIT_S = 30.0
-STARTUP_RETRY_S = 1.0
 
 #: Set when start-up failed, so ``python -m eventbus`` can exit non-zero.
 startup_failed = False
@@ -38,7 +40,7 @@ class SequentialService(service.MultiService):
     def __init__(self, reactor: Any) -> None:
         super().__init__()
         self.reactor = reactor
-        self._starting: Optional[defer.Deferred] = None
+        self._starting: Optional[defer.Deferred[None]] = None
 
     def privilegedStartService(self) -> None:
         service.Service.privilegedStartService(self)
@@ -125,22 +127,19 @@ class DatabaseService(service.Service):
 
     name = "database"
 
-    def __init__(self, store: Store, reactor: Any) -> None:
-        self.store = store
+    def __init__(self, database: Database, reactor: Any) -> None:
+        self.database = database
         self.reactor = reactor
 
     async def _start(self) -> None:
-        deadline = time.monotonic() + STARTUP_DB_WAIT_S
-        while True:
-            try:
-                await self.store.open()
-                break
-            except Exception as e:
-                if time.monotonic() > deadline:
-                    raise
-                log.warn("database not reachable yet ({error}); retrying", error=e)
-                await _sleep(self.reactor, STARTUP_RETRY_S)
-        version = await self.store.migrate()
+        await retrying(
+            self.reactor,
+            self.database.open,
+            what="start-up",
+            retry_on=(Exception,),
+            give_up_after=STARTUP_DB_WAIT_S,
+        )
+        version = await migrate(self.database)
         log.info("database ready, schema version {version}", version=version)
 
     def startService(self) -> defer.Deferred:
@@ -149,7 +148,7 @@ class DatabaseService(service.Service):
 
     def stopService(self) -> None:
         service.Service.stopService(self)
-        self.store.close()
+        self.database.close()
 
 
 class ListenerService(service.Service):
@@ -168,12 +167,3 @@ class ListenerService(service.Service):
         service.Service.stopService(self)
         self.listener.stop()
 
-
-def _sleep(reactor: Any, seconds: float) -> defer.Deferred:
-    return defer.Deferred.fromCoroutine(_sleep_coro(reactor, seconds))
-
-
-async def _sleep_coro(reactor: Any, seconds: float) -> None:
-    from twisted.internet import task
-
-    await task.deferLater(reactor, seconds, lambda: None)

@@ -8,19 +8,19 @@ at the head of a channel, instead of one query per consumer per event.
 Each channel keeps a contiguous run of ids ``first..last``; the number of
 channels, the events per channel and the payload bytes overall are bounded,
 evicting the least recently used channels first.
+
+Layer rule: a domain module; memory only, no SQL, no HTTP.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Iterable, Optional
 
-from eventbus.model import Event
+from eventbus.model import ChannelKey, Event
 
 TAIL_EVENTS = 256
 TAIL_CHANNELS = 4096
 TAIL_BYTES = 32 * 1024 * 1024
-
-ChannelKey = tuple[str, str]
 
 
 class _Run:

@@ -1,0 +1,127 @@
+"""The server's options, and :class:`Settings`: every default in one place.
+
+Invariant: a :class:`Settings` is valid once built (``Options.postOptions``
+refuses anything else with a usage error before the server starts), and no
+other module defines a default for an option: they take the value they are
+given.
+
+Layer rule: may import everything; nothing but :mod:`eventbus.tap` (and
+tests) imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from twisted.python import usage
+
+from eventbus.http.site import ACCESS_LOG_TWISTD
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the command line can set, with its default."""
+
+    #: Twisted endpoint strings to serve HTTP on.
+    listen: tuple[str, ...] = ("tcp:33002",)
+    #: An external PostgreSQL; None: the embedded one in ``data_dir``.
+    dsn: Optional[str] = None
+    data_dir: str = "./eventbus-data"
+    #: Largest accepted request body, in bytes.
+    max_body: int = 1024 * 1024
+    #: Most events in one batch publish.
+    max_batch: int = 1000
+    #: Database connections per process (plus one for LISTEN).
+    pool_size: int = 8
+    #: Where request lines go: "twistd", "-" (stdout), a file path, or "off".
+    access_log: str = ACCESS_LOG_TWISTD
+    #: Seconds of silence after which an SSE stream gets a keep-alive comment.
+    heartbeat: float = 15.0
+    #: Disable a webhook subscription failing for longer than this (seconds).
+    webhook_disable_after: float = 86400.0
+    #: Allow webhook URLs on non-public addresses.
+    webhook_allow_private: bool = False
+    #: Seconds a process's claim on a webhook subscription holds unrenewed.
+    webhook_lease: float = 15.0
+    #: Factor on every webhook retry delay (a testing aid).
+    webhook_retry_scale: float = 1.0
+
+    @classmethod
+    def from_options(cls, options: Any) -> Settings:
+        """From parsed :class:`Options` (or any mapping with the same keys)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = f.name.replace("_", "-")
+            values[f.name] = options[key]
+        values["listen"] = tuple(values["listen"])
+        values["dsn"] = values["dsn"] or None
+        values["webhook_allow_private"] = bool(values["webhook_allow_private"])
+        return cls(**values)
+
+
+DEFAULTS = Settings()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "A durable HTTP event bus on PostgreSQL."
+    optParameters = [
+        ["dsn", None, None,
+         "PostgreSQL connection string (URI or key=value); without it an "
+         "embedded PostgreSQL is run in --data-dir."],
+        ["data-dir", None, DEFAULTS.data_dir, "Where the embedded PostgreSQL keeps its data."],
+        ["max-body", None, DEFAULTS.max_body, "Largest accepted request body, in bytes.", int],
+        ["pool-size", None, DEFAULTS.pool_size, "Database connections per process.", int],
+        ["access-log", None, DEFAULTS.access_log,
+         "Where request lines go: 'twistd' (twistd's log, one event per request),"
+         " '-' (standard output, written in batches), a file path (written in"
+         " batches), or 'off'."],
+        ["max-batch", None, DEFAULTS.max_batch, "Most events in one batch publish.", int],
+        ["heartbeat", None, DEFAULTS.heartbeat,
+         "Seconds of silence after which an SSE stream gets a keep-alive comment.", float],
+        ["webhook-disable-after", None, DEFAULTS.webhook_disable_after,
+         "Disable a webhook subscription that has been failing for longer than"
+         " this many seconds.", float],
+        ["webhook-retry-scale", None, DEFAULTS.webhook_retry_scale,
+         "Multiply every webhook retry delay by this factor (a testing aid).", float],
+        ["webhook-lease", None, DEFAULTS.webhook_lease,
+         "Seconds a process's claim on a webhook subscription holds without renewal;"
+         " another process takes over this long after the owner died.", float],
+    ]  # fmt: skip
+    optFlags = [
+        ["webhook-allow-private", None,
+         "Allow webhook URLs on loopback, private, link-local and other non-public"
+         " addresses."],
+    ]  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """A Twisted endpoint string to serve HTTP on (repeatable; default tcp:33002)."""
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = list(DEFAULTS.listen)
+        if self["max-body"] < 1:
+            raise usage.UsageError("--max-body must be a positive number of bytes")
+        if self["max-batch"] < 1:
+            raise usage.UsageError("--max-batch must be at least 1")
+        if self["pool-size"] < 1:
+            raise usage.UsageError("--pool-size must be at least 1")
+        if not (math.isfinite(self["heartbeat"]) and self["heartbeat"] > 0):
+            raise usage.UsageError("--heartbeat must be a positive number of seconds")
+        if not self["webhook-disable-after"] > 0:
+            raise usage.UsageError("--webhook-disable-after must be a positive number of seconds")
+        if not self["webhook-retry-scale"] > 0:
+            raise usage.UsageError("--webhook-retry-scale must be positive")
+        if not 1 <= self["webhook-lease"] <= 3600:
+            raise usage.UsageError("--webhook-lease must be from 1 to 3600 seconds")
+
+    def settings(self) -> Settings:
+        return Settings.from_options(self)

@@ -1,0 +1,44 @@
+"""The REST API as one twisted.web resource: every resource mounted on the root.
+
+Invariant: this is the whole URL space; a first path segment not mounted
+here is a JSON 404 from :class:`~eventbus.http.router.Root`.
+
+Layer rule: the HTTP layer; it assembles resources from collaborators it is
+given and builds none of them (``eventbus.tap`` wires the objects).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from eventbus.consumers import Consumers
+from eventbus.http.consumers import ConsumersResource
+from eventbus.http.events import EventsResource
+from eventbus.http.health import HealthResource
+from eventbus.http.router import Root
+from eventbus.http.streams import EventStreams
+from eventbus.http.subscriptions import SubscriptionsResource
+from eventbus.notifier import Notifier
+from eventbus.storage.database import Database
+from eventbus.storage.events import EventStore
+from eventbus.webhooks.service import WebhookService
+
+
+def make_root(
+    *,
+    database: Database,
+    events: EventStore,
+    notifier: Notifier,
+    streams: EventStreams,
+    consumers: Consumers,
+    webhooks: Optional[WebhookService],
+    max_batch: int,
+) -> Root:
+    return Root(
+        {
+            b"health": HealthResource(database).router.resource(),
+            b"events": EventsResource(events, notifier, streams, max_batch).router.resource(),
+            b"consumers": ConsumersResource(consumers).router.resource(),
+            b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
+        }
+    )

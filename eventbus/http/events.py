@@ -1,0 +1,110 @@
+"""``/events``: publish, read the history, walk with ``peek``, follow over SSE.
+
+Invariant: a ``201`` is sent only after the event is committed, and every
+event a reader is given is a committed one, in id order.
+
+Handlers parse (:mod:`.params`), call the event store or the notifier, and
+render (:mod:`.render`); errors are raised and rendered by the router.
+
+Layer rule: the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.web.iweb import IRequest
+
+from eventbus.errors import InvalidInput, NotFound, TooLarge
+from eventbus.http import params, render
+from eventbus.http.router import Router
+from eventbus.http.streams import EventStreams, stream_history
+from eventbus.model import MAX_ID, render_event, render_events
+from eventbus.notifier import Notifier
+from eventbus.storage.events import EventStore
+
+class EventsResource:
+    """The routes under ``/events``."""
+
+    router = Router()
+
+    def __init__(self, store: EventStore, notifier: Notifier, streams: EventStreams,
+                 max_batch: int) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.streams = streams
+        self.max_batch = max_batch
+
+    @router.route("/events/<context>/<channel>", methods=["POST"])
+    async def publish(self, request: IRequest, context: str, channel: str) -> bytes:
+        issuer = params.issuer(request)
+        text, value = params.payload(request.content.read())
+        if isinstance(value, list):
+            return await self._publish_batch(request, context, channel, issuer, text, value)
+        if not isinstance(value, dict):
+            raise InvalidInput("the payload must be a JSON object (or an array of objects)")
+        [event] = await self.store.append(context, channel, issuer, [text])
+        request.setHeader(b"Location", f"/events/{context}/{channel}/{event.id}".encode())
+        return render.body(request, render_event(context, channel, event), 201)
+
+    async def _publish_batch(self, request: IRequest, context: str, channel: str, issuer: str,
+                             text: str, values: list[object]) -> bytes:
+        """An array body: all its events are stored atomically, in array order."""
+        if not values:
+            raise InvalidInput("a batch must hold at least one event")
+        if len(values) > self.max_batch:
+            raise TooLarge(f"a batch may hold at most {self.max_batch} events, got {len(values)}")
+        for i, value in enumerate(values):
+            if not isinstance(value, dict):
+                raise InvalidInput(f"batch element {i} is not a JSON object")
+        events = await self.store.append(context, channel, issuer, params.split_array(text))
+        return render.body(request, b"[" + b",".join(render_events(context, channel, events)) + b"]", 201)
+
+    @router.route("/events/<context>/<channel>", methods=["GET"])
+    async def read(self, request: IRequest, context: str, channel: str) -> Optional[bytes]:
+        query = params.query(request)
+        # Every parameter given is checked, even one this mode ignores.
+        limit = None
+        if "limit" in query:
+            limit = params.int_param("limit", query["limit"], 1, 2**63 - 1)
+        timeout = params.timeout_param(query.get("timeout"))
+        if "peek" in query:
+            if "start" in query:
+                raise InvalidInput("start and peek cannot be combined")
+            cursor = params.int_param("peek", query["peek"], 0, MAX_ID)
+            return await self._peek(request, context, channel, cursor, timeout)
+        start = params.start_param(query["start"]) if "start" in query else None
+        await stream_history(request, self.store, context, channel, start, limit)
+        return None
+
+    async def _peek(self, request: IRequest, context: str, channel: str, cursor: int,
+                    timeout: float) -> bytes:
+        if timeout == 0:
+            recent = self.notifier.recent(context, channel, cursor, 1)
+            event = recent[0] if recent else await self.store.first_after(context, channel, cursor)
+        else:
+            event = await self.notifier.next_event(context, channel, cursor, timeout)
+        if event is None:
+            return render.no_content(request)
+        return render.body(request, render_event(context, channel, event))
+
+    @router.route("/events/<context>/<channel>/stream", methods=["GET"])
+    async def stream(self, request: IRequest, context: str, channel: str) -> None:
+        """Server-Sent Events; werkzeug ranks this static segment above <event_id>."""
+        query = params.query(request)
+        after = None
+        if "after" in query:
+            after = params.int_param("after", query["after"], 0, MAX_ID)
+        last_event_id = params.last_event_id(request)
+        if last_event_id is not None:
+            after = last_event_id  # a reconnect resumes where it stopped
+        await self.streams.serve(request, context, channel, after)
+
+    @router.route("/events/<context>/<channel>/<event_id>", methods=["GET"])
+    async def one(self, request: IRequest, context: str, channel: str, event_id: str) -> bytes:
+        number = params.path_id(event_id)
+        event = None if number is None else await self.store.event(context, channel, number)
+        if event is None:
+            raise NotFound(f"no event {event_id[:40]!r} in {context}/{channel}"
+                           if number is None else f"no event {event_id} in {context}/{channel}")
+        return render.body(request, render_event(context, channel, event))

@@ -1,0 +1,174 @@
+"""The twisted.web Site: refuses oversized bodies before buffering them.
+
+twisted.web reads a whole request body before any resource sees it, so the
+``--max-body`` limit has to act at the channel level: on the announced
+``Content-Length`` as soon as the headers are in, and on the running total
+for chunked bodies.  The refusal is a 413 written straight to the transport,
+after which the connection is half-closed and further upload is discarded.
+
+Requests twisted.web itself refuses as malformed (request line, header or
+body framing) get a JSON 400 from :class:`JsonErrorChannel`, so every error
+the server sends is JSON.
+"""
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+from twisted.internet import task
+from twisted.web import http, server
+
+from eventbus.http.render import error_body
+
+#: How long we keep reading (and discarding) an oversized upload after the
+#: 413 so the client reads our answer instead of a connection reset.
+DISCARD_GRACE_S = 2.0
+
+
+class LimitedRequest(server.Request):
+    _received = 0
+    _refused = False
+
+    @property
+    def _max_body(self) -> int:
+        return int(self.channel.site.max_body)
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._max_body:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        # No "100 Continue" after our final answer.
+        self.requestHeaders.removeHeader(b"Expect")
+        transport = self.channel.transport
+        transport.write(_raw_error(
+            b"413 Payload Too Large",
+            f"request body exceeds the limit of {self._max_body} bytes"))
+        try:
+            transport.loseWriteConnection()
+        except AttributeError:  # not a TCP transport (tests): just close
+            transport.loseConnection()
+            return
+        self.channel.site.reactor.callLater(DISCARD_GRACE_S, _abort, transport)
+
+
+def _abort(transport: Any) -> None:
+    if getattr(transport, "connected", False):
+        transport.abortConnection()
+
+
+def _raw_error(status: bytes, message: str) -> bytes:
+    """A whole JSON error response, for writing straight to a transport."""
+    body = error_body(message)
+    return (b"HTTP/1.1 " + status + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Connection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class JsonErrorChannel(http.HTTPChannel):
+    """Twisted answers a malformed request with a bare "400 Bad Request" and
+    drops an over-long request or header line without any answer; both get a
+    JSON 400 here instead."""
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.transport.write(_raw_error(
+            b"400 Bad Request",
+            "malformed HTTP request (request line, a header or the body framing)"))
+        self.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._respondToBadRequestAndDisconnect()
+
+
+#: ``--access-log`` values that are not a path.
+ACCESS_LOG_TWISTD = "twistd"
+ACCESS_LOG_STDOUT = "-"
+ACCESS_LOG_OFF = "off"
+#: How often a batched access log is written out.
+ACCESS_LOG_FLUSH_S = 0.2
+ACCESS_LOG_MAX_BUFFER = 256 * 1024
+
+
+class BatchedLogFile:
+    """An access log written in batches: one write per ``interval`` (or per
+    256 KiB) instead of one per request, and no trip through the logging
+    system's per-event formatting.  Lines keep their order; at most
+    ``interval`` seconds of them are lost if the process is killed."""
+
+    def __init__(self, stream: IO[str], reactor: Any, interval: float = ACCESS_LOG_FLUSH_S,
+                 owned: bool = True) -> None:
+        self.stream = stream
+        self.owned = owned
+        self._lines: list[str] = []
+        self._size = 0
+        self._loop = task.LoopingCall(self.flush)
+        self._loop.clock = reactor
+        self._loop.start(interval, now=False)
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > ACCESS_LOG_MAX_BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            data, self._lines, self._size = "".join(self._lines), [], 0
+            self.stream.write(data)
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        self.flush()
+        if self.owned:
+            self.stream.close()
+
+
+class EventBusSite(server.Site):
+    requestFactory = LimitedRequest
+    # A plain channel rather than Twisted's HTTP/2-negotiating wrapper: we
+    # serve HTTP/1.1 on plain TCP only.
+    protocol = JsonErrorChannel
+
+    def __init__(self, resource: Any, *, max_body: int, access_log: str, **kwargs: Any) -> None:
+        # Never parse form bodies into request.args: `curl --data` sends JSON
+        # as application/x-www-form-urlencoded; we only read request.content.
+        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
+        self.max_body = max_body
+        self.access_log = access_log
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self.access_log == ACCESS_LOG_OFF:
+            self._logFile = None
+        elif self.access_log == ACCESS_LOG_STDOUT:
+            self._logFile = BatchedLogFile(sys.stdout, self.reactor, owned=False)
+        elif self.access_log != ACCESS_LOG_TWISTD:
+            self._logFile = BatchedLogFile(
+                open(self.access_log, "a", encoding="utf-8", newline="\n"), self.reactor)
+
+    def stopFactory(self) -> None:
+        if isinstance(self._logFile, BatchedLogFile):
+            self._logFile.close()
+            self._logFile = None
+        super().stopFactory()
+

@@ -1,0 +1,280 @@
+"""Long responses: a channel's history as one JSON array, and SSE streams.
+
+Invariant: a reading client costs the server about one page, whatever the
+channel's size: every page is read from the database only once the client
+has taken the previous one (a :class:`~eventbus.http.pacer.Pacer` registered
+on the request), so the database is the buffer and nothing is dropped.
+
+History (:func:`stream_history`) ends at the channel's head as of the
+request, so it is a consistent prefix of the log even while publishers keep
+writing.
+
+One :class:`EventStreams` per server owns the SSE framing and the loop that
+feeds each open stream.  The route in :mod:`eventbus.http.events` parses the
+request and hands over here; this module never speaks SQL (it reads through
+the event store) and never wakes anyone (it waits through the notifier).
+
+The loop of one stream:
+
+* read the events after the cursor from the store, a page at a time, and only
+  once the client has drained what it was sent (a push producer registered on
+  the request is paused by the transport when its buffer fills), so a slow
+  client costs at most one page of memory and nothing is dropped: the
+  database is the buffer;
+* when a page comes back short, take what the notifier's memory (the tail)
+  holds after the cursor;
+* when that is empty too the stream has caught up: it joins its channel's
+  broadcast group (:mod:`eventbus.broadcast`), which writes each new event,
+  rendered once for all members, and the keep-alive comments.  The stream
+  leaves the group when its client stops reading (the producer is paused),
+  and its loop carries on from its cursor: the tail, else pages from the
+  store, at the client's pace.  So a thousand streams on one channel cost one
+  rendering and a thousand writes per event, not a thousand wake-ups.
+
+A client that disconnects cancels the handler (Klein wires ``notifyFinish``
+to ``cancel``): the cancellation reaches whichever Deferred the loop awaits
+(its membership of a group, whose canceller drops it; a store read; a retry
+timer; the producer's pause), and the ``finally`` unregisters the producer.
+Nothing else is held per stream.
+
+Database outages: opening a stream reads the store before the ``200`` is
+sent, so an outage then is a ``503`` like on every endpoint.  Once the stream
+is open, an outage does not end it: the read is retried every
+:data:`OUTAGE_RETRY_S` seconds (in a group: the notifier retries the group's
+read every second), keep-alive comments continue, and the stream carries on
+from its cursor when the database is back.  (Ending it would only
+make every client reconnect at once into the same outage.)
+
+Layer rule: the HTTP layer.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from eventbus.errors import EventBusError
+from eventbus.http.broadcast import Broadcaster
+from eventbus.http.pacer import Pacer
+from eventbus.http.render import JSON
+from eventbus.http.wire import BodyWriter
+from eventbus.model import MAX_ID, Event, render_event, render_events
+from eventbus.notifier import Notifier
+from eventbus.retry import retrying
+from eventbus.storage.events import PAGE_SIZE, EventStore
+
+log = Logger()
+
+#: Events per store read.  Smaller than the history endpoint's page: an SSE
+#: stream is long-lived and a slow one holds up to a page in memory, so this
+#: bounds what many slow clients cost (100 events of 10 KB: 1 MB each).
+PAGE_EVENTS = 100
+
+CONTENT_TYPE = b"text/event-stream"
+#: Sent first, so the status line and headers leave at once (EventSource's
+#: ``open``, ``curl -N``) even on a quiet channel; a comment, not a message.
+OPENING = b": connected\n\n"
+HEARTBEAT = b": keepalive\n\n"
+
+
+
+async def stream_history(
+    request: IRequest,
+    store: EventStore,
+    context: str,
+    channel: str,
+    start: Optional[dt.datetime],
+    limit: Optional[int],
+) -> None:
+    """Write the channel as a JSON array, page by page, paced by the client."""
+    head = await store.head(context, channel)
+    after = 0
+    if start is not None and head:
+        first = await store.first_id_at(context, channel, start)
+        after = head if first is None else first - 1
+    remaining = limit if limit is not None else head
+    request.setHeader(b"Content-Type", JSON)
+    pacer = Pacer()
+    request.registerProducer(pacer, True)
+    try:
+        request.write(b"[")
+        separator = b""
+        while after < head and remaining > 0:
+            await pacer.ready()
+            page = await store.page(context, channel, after, head, min(PAGE_SIZE, remaining))
+            if not page:
+                break
+            request.write(separator + b",".join(render_event(context, channel, e) for e in page))
+            separator = b","
+            after = page[-1].id
+            remaining -= len(page)
+        request.write(b"]")
+    except EventBusError:
+        # The 200 and part of the array are out: the only honest signal
+        # left is to cut the connection so the client sees a truncation.
+        log.warn("aborting a history stream of {context}/{channel}", context=context, channel=channel)
+        request.unregisterProducer()
+        request.channel.transport.abortConnection()
+        await request.notifyFinish()
+    finally:
+        if request.producer is not None:
+            request.unregisterProducer()
+
+
+def frames(context: str, channel: str, events: list[Event]) -> list[bytes]:
+    """One SSE message per event: ``id``, ``event`` and ``data`` lines.
+
+    The payload is kept as published, so the JSON may contain line breaks
+    (only as whitespace between tokens: JSON strings cannot hold raw control
+    characters).  SSE ends a field at CR, LF or CRLF, so each line becomes its
+    own ``data:`` field; the client joins them with LF, which is the same
+    JSON value.  (A batch shares one rendering template.)
+    """
+    return [_message(e.id, body) for e, body in zip(events, render_events(context, channel, events))]
+
+
+def _message(event_id: int, body: bytes) -> bytes:
+    if b"\n" in body or b"\r" in body:
+        data = b"".join(b"data: " + line + b"\n" for line in body.splitlines())
+    else:
+        data = b"data: " + body + b"\n"
+    return b"id: %d\nevent: event\n%s\n" % (event_id, data)
+
+
+class EventStreams:
+    """Serves every SSE stream of one server process."""
+
+    def __init__(
+        self, store: EventStore, notifier: Notifier, reactor: IReactorTime, heartbeat: float
+    ) -> None:
+        """``heartbeat``: seconds of silence after which a keep-alive comment is sent."""
+        self.store = store
+        self.notifier = notifier
+        self.reactor = reactor
+        self.heartbeat = heartbeat
+        self.broadcaster = Broadcaster(notifier, reactor, frames, heartbeat, HEARTBEAT)
+        self._open: set[_Stream] = set()
+
+    def open_streams(self) -> int:
+        """Number of streams currently being served (for tests and health)."""
+        return len(self._open)
+
+    def paused_streams(self) -> int:
+        """Streams held back by their client (for tests)."""
+        return sum(1 for s in self._open if s.pacer.paused)
+
+    async def serve(self, request: IRequest, context: str, channel: str,
+                    after: Optional[int]) -> None:
+        """Stream the channel's events with id > ``after`` (None: from its head).
+
+        Runs until the client disconnects.  Errors before the first byte
+        (an outage: 503) propagate to the API's error rendering.
+        """
+        if after is None:
+            # Only what is published from now on; the notifier wait that
+            # follows catches anything committed since this read.
+            after = await self.store.head(context, channel)
+            first: list[Event] = []
+        else:
+            first = await self.store.page(context, channel, after, MAX_ID + 1, PAGE_EVENTS)
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        if request.method == b"HEAD":
+            return
+        stream = _Stream(self, request, context, channel, after)
+        self._open.add(stream)
+        request.registerProducer(stream.pacer, True)
+        stream.writer.no_delay()
+        try:
+            stream.write(OPENING)
+            await stream.run(first)
+        except defer.CancelledError:
+            raise
+        except Exception:
+            # The 200 is out, so no error response is possible: cut the
+            # connection; the client reconnects with Last-Event-ID.
+            log.failure("SSE stream of {context}/{channel} failed; closing it",
+                        context=context, channel=channel)
+            if request.channel is not None:
+                request.unregisterProducer()
+                request.channel.transport.abortConnection()
+                await request.notifyFinish()
+        finally:
+            self._open.discard(stream)
+            # After a disconnect the request has no channel left to tell.
+            if request.producer is not None and request.channel is not None:
+                request.unregisterProducer()
+
+
+class _Stream:
+    """The state of one open stream: where it is, and when it last wrote."""
+
+    def __init__(self, streams: EventStreams, request: IRequest, context: str,
+                 channel: str, cursor: int) -> None:
+        self.streams = streams
+        self.request = request
+        self.context = context
+        self.channel = channel
+        self.cursor = cursor
+        self.pacer = Pacer()
+        self.writer = BodyWriter(request)
+        #: Writes without noting the time (a broadcast group notes it once
+        #: for all its members).
+        self.send = self.writer.write
+        self.last_write = streams.reactor.seconds()
+
+    def write(self, data: bytes) -> None:
+        self.send(data)
+        self.last_write = self.streams.reactor.seconds()
+
+    @property
+    def paused(self) -> bool:
+        """The client takes nothing more for now (or is gone)."""
+        return self.pacer.held
+
+    def write_events(self, events: list[Event]) -> None:
+        self.write(b"".join(frames(self.context, self.channel, events)))
+        self.cursor = events[-1].id
+
+    async def run(self, page: list[Event]) -> None:
+        store, notifier = self.streams.store, self.streams.notifier
+        broadcaster = self.streams.broadcaster
+        ctx, chan = self.context, self.channel
+        while True:
+            behind = len(page) == PAGE_EVENTS
+            if page:
+                self.write_events(page)
+            await self.pacer.ready()
+            if not behind:
+                # Near the head: what the notifier already holds in memory
+                # (one read or one publish serves every stream), else the
+                # group, which follows the channel from exactly our cursor
+                # (so nothing the memory lacks is skipped).
+                page = notifier.recent(ctx, chan, self.cursor, PAGE_EVENTS)
+                if page:
+                    continue
+                left = broadcaster.join(ctx, chan, self)
+                if left is not None:
+                    # Until our client stops reading; then on by ourselves.
+                    await left
+                    page = []
+                    continue
+                # The group is already past us: read what we miss.
+            cursor = self.cursor
+            page = await retrying(
+                self.streams.reactor,
+                lambda: store.page(ctx, chan, cursor, MAX_ID + 1, PAGE_EVENTS),
+                what=f"SSE stream of {ctx}/{chan}",
+                between=self._keep_alive,
+            )
+
+    def _keep_alive(self) -> None:
+        """While the database is away: a keep-alive once the stream has been
+        silent for the heartbeat."""
+        if self.streams.reactor.seconds() - self.last_write >= self.streams.heartbeat:
+            self.write(HEARTBEAT)

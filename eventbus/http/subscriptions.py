@@ -1,0 +1,108 @@
+"""``/subscriptions``: webhook subscriptions, their status, delete and enable.
+
+Invariant: a subscription's secret is shown once, in the answer to its
+creation; no other answer carries it.
+
+Layer rule: the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.web.iweb import IRequest
+
+from eventbus.errors import InvalidInput, NotFound
+from eventbus.http import params, render
+from eventbus.http.router import Router
+from eventbus.model import ALL_CHANNELS, MAX_ID, Start, check_name
+from eventbus.webhooks.service import WebhookService
+
+#: The fields of ``POST /subscriptions``.
+FIELDS = {"context", "channel", "url", "secret", "start"}
+
+
+def start_field(value: Any, channel: str) -> Start:
+    """Parse start: "latest", "earliest" or the id of the first event to deliver."""
+    if value == "latest" or value == "earliest":
+        return value  # type: ignore[no-any-return]
+    if value is None:
+        raise InvalidInput('start is required: "latest", "earliest" or an event id')
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID + 1:
+        raise InvalidInput(
+            f'start must be "latest", "earliest" or an event id from 1 to {MAX_ID + 1}, got {str(value)[:40]!r}'
+        )
+    if channel == ALL_CHANNELS:
+        raise InvalidInput('an event id as start needs one channel, not "*"')
+    return value
+
+
+def subscription_id(value: str) -> int:
+    if not params.UINT.match(value) or int(value) > 2**63 - 1:
+        raise NotFound(f"no subscription {value[:40]!r}")
+    return int(value)
+
+
+class SubscriptionsResource:
+    """The routes under ``/subscriptions``."""
+
+    router = Router()
+
+    def __init__(self, webhooks: Optional[WebhookService]) -> None:
+        self.webhooks = webhooks
+
+    def _service(self) -> WebhookService:
+        if self.webhooks is None:
+            raise NotFound("webhooks are not enabled on this server")
+        return self.webhooks
+
+    @router.route("/subscriptions", methods=["POST"])
+    async def create(self, request: IRequest) -> bytes:
+        webhooks = self._service()
+        _, body = params.payload(request.content.read())
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object")
+        unknown = sorted(set(body) - FIELDS)
+        if unknown:
+            raise InvalidInput(f"unknown fields: {', '.join(unknown)[:200]}")
+        context = check_name("context", params.string(body, "context"))
+        channel = params.string(body, "channel")
+        if channel != ALL_CHANNELS:
+            check_name("channel", channel)
+        url = params.string(body, "url")
+        secret = body.get("secret")
+        if secret is not None and not isinstance(secret, str):
+            raise InvalidInput("secret must be a string")
+        start = start_field(body.get("start"), channel)
+        state, secret = await webhooks.create(context, channel, url, secret, start)
+        request.setHeader(b"Location", f"/subscriptions/{state.id}".encode())
+        return render.json(request, render.subscription(state, secret), 201)
+
+    @router.route("/subscriptions", methods=["GET"])
+    async def list_all(self, request: IRequest) -> bytes:
+        states = await self._service().states()
+        return render.json(request, [render.subscription(s) for s in states])
+
+    @router.route("/subscriptions/<sub_id>", methods=["GET"])
+    async def get(self, request: IRequest, sub_id: str) -> bytes:
+        states = await self._service().states(subscription_id(sub_id))
+        if not states:
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        return render.json(request, render.subscription(states[0]))
+
+    @router.route("/subscriptions/<sub_id>", methods=["DELETE"])
+    async def delete(self, request: IRequest, sub_id: str) -> bytes:
+        if not await self._service().delete(subscription_id(sub_id)):
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        return render.no_content(request)
+
+    @router.route("/subscriptions/<sub_id>/enable", methods=["POST"])
+    async def enable(self, request: IRequest, sub_id: str) -> bytes:
+        sid = subscription_id(sub_id)
+        webhooks = self._service()
+        if not await webhooks.enable(sid):
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        states = await webhooks.states(sid)
+        if not states:  # deleted in between
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        return render.json(request, render.subscription(states[0]))

@@ -1,0 +1,302 @@
+"""The connection pool, reconnects and time limits: one way to run SQL.
+
+Invariant: every database call either answers within its time limit or
+fails with :class:`eventbus.errors.Unavailable`; an outage, a dead
+connection or a slow server look the same to every caller above (a 503, a
+retry), never a hang and never a driver exception.
+
+Connections heal themselves: each one carries txpostgres' dead-connection
+detector, which reconnects with the backoff of :data:`eventbus.retry.RECONNECT`,
+and the pool hands out live connections before dead ones.
+
+Named transactions: :meth:`Database.query` and :meth:`Database.transaction`
+are the only ways in; the storage modules (:mod:`.events`, :mod:`.consumers`,
+:mod:`.webhooks`) build on them.  Rows become typed objects by column name:
+:func:`select_list` writes a SELECT list in the field order of the type it
+fills, so ``Type(*row)`` can never pair a value with the wrong field.
+
+Layer rule: storage speaks SQL and nothing else; it imports only
+:mod:`eventbus.model`, :mod:`eventbus.errors` and :mod:`eventbus.retry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from itertools import chain
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+import psycopg2
+import psycopg2.errors
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import reconnection, txpostgres
+
+from eventbus.errors import Unavailable
+from eventbus.retry import RECONNECT, delays
+
+log = Logger()
+
+#: How long a request may wait for the database before it gets a 503.
+QUERY_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5
+#: What ``pg_stat_activity`` shows for our connections.
+APPLICATION_NAME = "eventbus"
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+Cursor = txpostgres.Cursor
+
+
+def select_list(cls: Any, **columns: str) -> str:
+    """A SELECT list giving one expression per field of ``cls`` (a NamedTuple
+    or a dataclass), in the field order, so ``cls(*row)`` fills it by name.
+
+    Every field without a default must be given, and nothing else: a field
+    added to the type fails at import, not at run time.
+    """
+    if dataclasses.is_dataclass(cls):
+        fields = dataclasses.fields(cls)
+        names = [f.name for f in fields]
+        required = {
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+    else:
+        names = list(cls._fields)
+        required = set(names) - set(cls._field_defaults)
+    unknown, missing = set(columns) - set(names), required - set(columns)
+    if unknown or missing:
+        raise TypeError(
+            f"select_list({cls.__name__}): unknown fields {sorted(unknown)},"
+            f" missing fields {sorted(missing)}"
+        )
+    given = [name for name in names if name in columns]
+    if given != names[: len(given)]:
+        raise TypeError(f"select_list({cls.__name__}): only trailing fields may be left out")
+    return ", ".join(f"{columns[name]} AS {name}" for name in given)
+
+
+def is_dead(f: Failure) -> bool:
+    """Does this failure mean the connection itself is gone?
+
+    txpostgres' default treats every ``OperationalError`` as a dead
+    connection; deadlocks and cancellations are not.
+    """
+    if f.check(psycopg2.errors.TransactionRollbackError, psycopg2.errors.QueryCanceled):
+        return False
+    return bool(f.check(psycopg2.InterfaceError, psycopg2.OperationalError))
+
+
+def is_outage(e: BaseException) -> bool:
+    """Is this error the database being away (rather than a bad statement)?"""
+    return isinstance(
+        e,
+        (
+            psycopg2.OperationalError,
+            psycopg2.InterfaceError,
+            reconnection.ConnectionDead,
+            txpostgres.RollbackFailed,
+            Unavailable,
+        ),
+    )
+
+
+def make_connection(reactor: IReactorTime) -> txpostgres.Connection:
+    """A txpostgres connection that reconnects by itself with backoff."""
+    detector = reconnection.DeadConnectionDetector(
+        deathChecker=is_dead,
+        # The first attempt at once, then the policy's delays.
+        reconnectionIterator=lambda: chain([0.0], delays(RECONNECT)),
+        reactor=reactor,
+    )
+    return txpostgres.Connection(reactor, detector=detector)
+
+
+def close_for_good(conn: txpostgres.Connection) -> None:
+    """Close a self-reconnecting connection so it stays closed."""
+    conn.detector.deathChecker = lambda f: False
+    conn.detector.reconnect = lambda: defer.succeed(None)  # a retry under way ends
+    for handler in conn.detector.getRecoveryHandlers():
+        conn.detector.removeRecoveryHandler(handler)
+    try:
+        if conn.pollable() is not None:
+            conn.close()
+    except Exception:
+        pass
+
+
+def connect_kwargs(dsn: str) -> dict[str, Any]:
+    return dict(
+        dsn=dsn,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+        application_name=APPLICATION_NAME,
+    )
+
+
+class _Pool(txpostgres.ConnectionPool):  # type: ignore[misc]
+    """txpostgres' pool, with self-healing connections that are skipped while dead."""
+
+    def __init__(self, reactor: IReactorTime, dsn: str, size: int) -> None:
+        self.reactor = reactor
+        self.min = size
+        #: every connection, idle or checked out (txpostgres keeps only the idle)
+        self._all: list[txpostgres.Connection] = []
+        super().__init__(None, **connect_kwargs(dsn))
+
+    def connectionFactory(self, reactor: Any, cooperator: Any) -> txpostgres.Connection:
+        conn = make_connection(reactor)
+        self._all.append(conn)
+        return conn
+
+    def shutdown(self) -> None:
+        """Close every connection, idle or busy, for good: txpostgres' own
+        ``close`` skips the busy ones, which then see the server go away
+        and start reconnecting to a database that is shutting down."""
+        for conn in self._all:
+            close_for_good(conn)
+
+    def backend_pids(self) -> frozenset[int]:
+        # Not cached: a dead connection's pid may be reused by another
+        # process's backend, whose notifications must not be skipped.
+        pids = set()
+        for conn in self._all:
+            raw = conn.pollable()
+            if raw is not None and not raw.closed and not conn.detector.connectionIsDead:
+                pids.add(raw.get_backend_pid())
+        return frozenset(pids)
+
+    def _take(self) -> txpostgres.Connection:
+        for c in self.connections:
+            if not c.detector.connectionIsDead:
+                self.connections.remove(c)
+                return c
+        return self.connections.pop()
+
+    def _runQuery(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        c = self._take()
+        return c.runQuery(*args, **kwargs).addBoth(self._putBackAndPassthrough, c)
+
+    def _runOperation(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        c = self._take()
+        return c.runOperation(*args, **kwargs).addBoth(self._putBackAndPassthrough, c)
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        c = self._take()
+        d = c.runInteraction(interaction, *args, **kwargs)
+        return d.addBoth(self._putBackAndPassthrough, c)
+
+
+class Database:
+    """A pool of self-healing connections with a time limit on every call."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        dsn: str,
+        pool_size: int,
+        timeout: float = QUERY_TIMEOUT_S,
+    ) -> None:
+        self.reactor = reactor
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self._pool: Optional[_Pool] = None
+
+    # -- life cycle ---------------------------------------------------------
+    async def open(self) -> None:
+        pool = _Pool(self.reactor, self.dsn, self.pool_size)
+        try:
+            await pool.start()
+        except BaseException:
+            for c in pool.connections:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+            raise
+        self._pool = pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def backend_pids(self) -> frozenset[int]:
+        """Server process ids of the pool's live connections, so the notifier
+        can skip the echoes of notifications it already acted on at commit."""
+        return self._pool.backend_pids() if self._pool is not None else frozenset()
+
+    # -- running SQL ----------------------------------------------------------
+    async def ping(self) -> None:
+        await self.query("SELECT 1", timeout=min(self.timeout, 3.0))
+
+    async def query(self, sql: str, params: Any = None, timeout: Optional[float] = None) -> list[Row]:
+        """Run one statement (its own transaction) and fetch its rows."""
+        return await self.call(self.pool().runQuery(sql, params), timeout)
+
+    async def transaction(
+        self, work: Callable[[Cursor], Awaitable[T]], timeout: Optional[float] = None
+    ) -> T:
+        """Run ``async work(cursor)`` inside BEGIN/COMMIT (ROLLBACK on error)."""
+
+        def run(cur: Cursor) -> defer.Deferred[T]:
+            return defer.ensureDeferred(work(cur))
+
+        result: T = await self.call(self.pool().runInteraction(run), timeout)
+        return result
+
+    def pool(self) -> _Pool:
+        if self._pool is None:
+            raise Unavailable("database is not connected")
+        return self._pool
+
+    async def call(self, d: defer.Deferred[Any], timeout: Optional[float] = None) -> Any:
+        """Await a database Deferred, mapping outages and slowness to Unavailable.
+
+        On timeout the query is left to finish on its own (cancelling needs a
+        blocking round trip in psycopg2); the caller just stops waiting.
+        """
+        try:
+            return await within(self.reactor, d, timeout or self.timeout)
+        except Unavailable:
+            raise
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            log.warn("database unavailable: {error!r}", error=e)
+            raise Unavailable("database unavailable") from None
+
+
+def within(reactor: IReactorTime, d: defer.Deferred[T], seconds: float) -> defer.Deferred[T]:
+    """A Deferred firing like ``d``, or failing with Unavailable after ``seconds``.
+
+    ``d`` itself is not cancelled.
+    """
+    result: defer.Deferred[T] = defer.Deferred()
+
+    def expire() -> None:
+        if not result.called:
+            result.errback(Unavailable(f"database did not answer within {seconds:g} s"))
+
+    call = reactor.callLater(seconds, expire)
+
+    def done(value: Any) -> None:
+        if call.active():
+            call.cancel()
+        if result.called:
+            return None  # already answered 503; drop the late result or error
+        if isinstance(value, Failure):
+            result.errback(value)
+        else:
+            result.callback(value)
+        return None
+
+    d.addBoth(done)
+    return result

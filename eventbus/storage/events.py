@@ -1,0 +1,311 @@
+"""The event log: appends with group commit, and every read of events.
+
+Ordering mechanism
+------------------
+Each channel has one row in ``channels`` holding ``last_id``.  A publish
+increments that counter *inside the inserting transaction*, in the same
+statement that inserts its events, so the row lock serialises writers of one
+channel until their commit: ids are handed out in commit order, a
+rolled-back publish gives its ids back, and the committed ids of a channel
+are always exactly ``1..N``.  A consumer asking for "the first event with
+id > cursor" therefore can never miss an event that commits later with a
+smaller id, which is what goes wrong with a plain sequence (or with a
+counter bumped in a statement of its own, whose lock would be held but
+whose events would not yet be visible).  The same row also keeps
+``last_ts`` so timestamps never go backwards within a channel, which makes
+``start`` reads a prefix cut of the id order.
+
+Every append announces its channel's new head (:mod:`.notify`); PostgreSQL
+delivers it only after commit, to every server process listening.
+
+Layer rule: storage; SQL and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from eventbus.errors import Unavailable
+from eventbus.model import ChannelKey, Event
+from eventbus.storage.database import Database, Row, is_outage, select_list, within
+from eventbus.storage.notify import notify_sql
+
+log = Logger()
+
+#: Events fetched per round trip when streaming a channel.
+PAGE_SIZE = 1000
+#: Group commit: at most this many transactions of appends in flight per
+#: process, and at most this many events in one of them.
+MAX_FLUSHES_IN_FLIGHT = 2
+MAX_GROUP_EVENTS = 5000
+
+#: One group commit in one statement.  Per channel (in key order, which is
+#: the lock order): bump the counter row by the group's count, taking the
+#: ids last_id-n+1 .. last_id; then insert every event with its position
+#: within its channel's share; then one NOTIFY per channel, delivered at
+#: commit.  Positions are computed by the caller (see EventStore._write_group).
+APPEND_SQL = f"""/* eventbus_append: group commit */
+WITH req AS (
+    SELECT * FROM unnest(%(ctx)s::text[], %(ch)s::text[], %(n)s::bigint[])
+           WITH ORDINALITY AS r(context, channel, n, ord)
+), upd AS (
+    INSERT INTO channels AS c (context, channel, last_id, last_ts)
+    SELECT context, channel, n, clock_timestamp() FROM req ORDER BY ord
+    ON CONFLICT (context, channel) DO UPDATE
+       SET last_id = c.last_id + EXCLUDED.last_id,
+           last_ts = greatest(c.last_ts, EXCLUDED.last_ts)
+    RETURNING c.id, c.context, c.channel, c.last_id, c.last_ts
+), ev AS (
+    SELECT * FROM ROWS FROM (json_array_elements(%(payloads)s::json),
+                             unnest(%(e_ch)s::int[]), unnest(%(e_pos)s::int[]),
+                             unnest(%(e_iss)s::int[])) AS e(payload, ch, pos, iss)
+), ins AS (
+    INSERT INTO events (channel_id, id, ts, issuer, payload)
+    SELECT upd.id, upd.last_id - req.n + ev.pos, upd.last_ts,
+           (%(issuers)s::text[])[ev.iss], ev.payload
+      FROM ev
+      JOIN req ON req.ord = ev.ch
+      JOIN upd ON upd.context = req.context AND upd.channel = req.channel
+)
+SELECT upd.context, upd.channel, upd.last_id, extract(epoch FROM upd.last_ts)::float8
+  FROM upd, {notify_sql("upd.context", "upd.channel", "upd.last_id")}
+"""
+
+
+
+def event_columns(alias: str) -> str:
+    """The SELECT list of an :class:`Event` from ``events <alias>``."""
+    return select_list(
+        Event,
+        id=f"{alias}.id",
+        timestamp=f"extract(epoch FROM {alias}.ts)::float8",
+        issuer=f"{alias}.issuer",
+        payload=f"{alias}.payload::text",
+    )
+
+
+EVENT_COLUMNS = event_columns("e")
+#: The channel's row id, from the ``context`` and ``channel`` parameters.
+CHANNEL_ID = "(SELECT id FROM channels WHERE context = %(context)s AND channel = %(channel)s)"
+
+#: ``on_append(context, channel, events)``: told of every committed append.
+AppendObserver = Callable[[str, str, list[Event]], None]
+
+
+class EventStore:
+    """Appends (group commit) and reads of the event log."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.reactor = database.reactor
+        self._queue: deque[_Append] = deque()
+        self._flushing = 0
+        #: Told of every committed append, before its requester: the
+        #: notifier wakes this process's waiters from it.
+        self.on_append: Optional[AppendObserver] = None
+
+    def backend_pids(self) -> frozenset[int]:
+        """The pool's backends: notifications they sent were announced already."""
+        return self.database.backend_pids()
+
+    # -- writes -------------------------------------------------------------
+    async def append(self, context: str, channel: str, issuer: str, payloads: list[str]) -> list[Event]:
+        """Append payloads (JSON object texts) to a channel, atomically and in
+        order; return the stored events.
+
+        Group commit: appends that arrive while transactions are in flight
+        are queued and written together by the next one (one statement, one
+        commit, one fsync).  Resolves only after the transaction holding
+        this append has committed, and after :attr:`on_append` was told.
+        """
+        item = _Append(context, channel, issuer, payloads)
+        self._queue.append(item)
+        if self._flushing < MAX_FLUSHES_IN_FLIGHT:
+            self._flush()
+        events: list[Event] = await item.result
+        return events
+
+    def _flush(self) -> None:
+        """Write queued appends in one transaction, then flush again if more came."""
+        group: list[_Append] = []
+        events = 0
+        while self._queue and (not group or events + len(self._queue[0].payloads) <= MAX_GROUP_EVENTS):
+            item = self._queue.popleft()
+            group.append(item)
+            events += len(item.payloads)
+        self._flushing += 1
+        d = defer.ensureDeferred(self._write_group(group))
+        d.addBoth(self._flushed)
+
+    def _flushed(self, _: Any) -> None:
+        self._flushing -= 1
+        if self._queue and self._flushing < MAX_FLUSHES_IN_FLIGHT:
+            self._flush()
+
+    async def _write_group(self, group: list[_Append]) -> None:
+        # Channels in one global order, so concurrent groups (in this or
+        # other processes) lock channel rows in the same order and cannot
+        # deadlock; within a channel, appends keep their arrival order.
+        by_channel: dict[ChannelKey, list[_Append]] = {}
+        for item in group:
+            by_channel.setdefault((item.context, item.channel), []).append(item)
+        keys = sorted(by_channel)
+        counts: list[int] = []
+        e_channel: list[str] = []
+        e_pos: list[str] = []
+        e_issuer: list[str] = []
+        payloads: list[str] = []
+        issuers: dict[str, str] = {}
+        for index, key in enumerate(keys, start=1):
+            pos = 0
+            ch = str(index)
+            for item in by_channel[key]:
+                item.offset = pos
+                iss = issuers.setdefault(item.issuer, str(len(issuers) + 1))
+                count = len(item.payloads)
+                e_pos.extend(map(str, range(pos + 1, pos + count + 1)))
+                pos += count
+                payloads.extend(item.payloads)
+                e_channel.extend([ch] * len(item.payloads))
+                e_issuer.extend([iss] * len(item.payloads))
+            counts.append(pos)
+        # Per-event columns travel as one array literal or one JSON array
+        # each: PostgreSQL parses those in C, while a Python list would
+        # become an ARRAY[...] expression of one constant per event.
+        params = {
+            "ctx": [k[0] for k in keys],
+            "ch": [k[1] for k in keys],
+            "n": counts,
+            "payloads": "[" + ",".join(payloads) + "]",
+            "e_ch": "{" + ",".join(e_channel) + "}",
+            "e_pos": "{" + ",".join(e_pos) + "}",
+            "e_iss": "{" + ",".join(e_issuer) + "}",
+            "issuers": list(issuers),
+        }
+        try:
+            d = self.database.pool().runQuery(APPEND_SQL, params)
+            # Announced when it commits, even after the requesters got their
+            # 503 (the database was slow): the NOTIFY echo of our own commit
+            # is skipped, so this is this process's only word of it.
+            d.addCallback(self._committed, by_channel, dict(zip(keys, counts)))
+            done = await within(self.reactor, d, self.database.timeout)
+        except Exception as e:
+            if len(group) > 1 and not is_outage(e):
+                # One bad append must not fail its neighbours: isolate it.
+                for item in group:
+                    await self._write_group([item])
+                return
+            error: BaseException = e
+            if is_outage(e):
+                if not isinstance(e, Unavailable):
+                    log.warn("database unavailable: {error!r}", error=e)
+                    error = Unavailable("database unavailable")
+                # What queued behind this group would only wait for the
+                # same outage: answer it now rather than one timeout later.
+                group = group + list(self._queue)
+                self._queue.clear()
+            for item in group:
+                item.fail(error)
+            return
+        for item, events in done:
+            item.succeed(events)
+
+    def _committed(
+        self, rows: list[Row], by_channel: dict[ChannelKey, list[_Append]], count_of: dict[ChannelKey, int]
+    ) -> list[tuple[_Append, list[Event]]]:
+        """A group committed: its events per append, announced to :attr:`on_append`."""
+        done = []
+        for context, channel, last_id, ts in rows:
+            base = last_id - count_of[(context, channel)]
+            for item in by_channel[(context, channel)]:
+                first = base + item.offset + 1
+                events = [Event(first + i, ts, item.issuer, p) for i, p in enumerate(item.payloads)]
+                if self.on_append is not None:
+                    try:
+                        self.on_append(context, channel, events)
+                    except Exception:
+                        log.failure("announcing appended events failed")
+                done.append((item, events))
+        return done
+
+    # -- reads --------------------------------------------------------------
+    async def event(self, context: str, channel: str, event_id: int) -> Optional[Event]:
+        rows = await self.database.query(
+            f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.channel_id = {CHANNEL_ID} AND e.id = %(id)s",
+            {"context": context, "channel": channel, "id": event_id},
+        )
+        return Event(*rows[0]) if rows else None
+
+    async def first_after(self, context: str, channel: str, cursor: int) -> Optional[Event]:
+        """The first event with id > cursor (ids are gap-free, so: id cursor+1)."""
+        return await self.event(context, channel, cursor + 1)
+
+    async def events_by_id(self, context: str, channel: str, ids: Iterable[int]) -> dict[int, Event]:
+        """Several events of one channel in one round trip (used to wake waiters)."""
+        rows = await self.database.query(
+            f"SELECT {EVENT_COLUMNS} FROM events e"
+            f" WHERE e.channel_id = {CHANNEL_ID} AND e.id = ANY(%(ids)s)",
+            {"context": context, "channel": channel, "ids": sorted(ids)},
+        )
+        return {row[0]: Event(*row) for row in rows}
+
+    async def head(self, context: str, channel: str) -> int:
+        """The channel's last committed id (0 for a channel never written)."""
+        rows = await self.database.query(
+            "SELECT last_id FROM channels WHERE context = %s AND channel = %s",
+            (context, channel),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def first_id_at(self, context: str, channel: str, start: dt.datetime) -> Optional[int]:
+        """The id of the first event with timestamp >= start."""
+        rows = await self.database.query(
+            "SELECT e.id FROM events e"
+            f" WHERE e.channel_id = {CHANNEL_ID} AND e.ts >= %(start)s"
+            " ORDER BY e.ts, e.id LIMIT 1",
+            {"context": context, "channel": channel, "start": start},
+        )
+        return int(rows[0][0]) if rows else None
+
+    async def page(
+        self, context: str, channel: str, after: int, upto: int, limit: int = PAGE_SIZE
+    ) -> list[Event]:
+        """Events with after < id <= upto, in id order, at most ``limit``."""
+        rows = await self.database.query(
+            f"SELECT {EVENT_COLUMNS} FROM events e"
+            f" WHERE e.channel_id = {CHANNEL_ID} AND e.id > %(after)s AND e.id <= %(upto)s"
+            " ORDER BY e.id LIMIT %(limit)s",
+            {"context": context, "channel": channel, "after": after, "upto": upto, "limit": limit},
+        )
+        return [Event(*row) for row in rows]
+
+
+class _Append:
+    """One queued append waiting for its group's commit."""
+
+    __slots__ = ("context", "channel", "issuer", "payloads", "offset", "result")
+
+    def __init__(self, context: str, channel: str, issuer: str, payloads: list[str]) -> None:
+        self.context = context
+        self.channel = channel
+        self.issuer = issuer
+        self.payloads = payloads
+        #: events of the same channel ahead of this append in its group
+        self.offset = 0
+        # The requester may stop waiting (disconnect): firing is then
+        # skipped, but the append itself still goes through.
+        self.result: defer.Deferred[list[Event]] = defer.Deferred(lambda d: None)
+
+    def succeed(self, events: list[Event]) -> None:
+        if not self.result.called:
+            self.result.callback(events)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.result.called:
+            self.result.errback(Failure(error))
