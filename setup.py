@@ -40,9 +40,12 @@ setup(
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.2",
         ],
+        # Pinned: a new release may add findings or change the format, and
+        # CI must fail for our changes, not for the tools'.
         "lint": [
-            "ruff>=0.6",
-            "mypy>=1.10",
+            "ruff==0.17.6",
+            "mypy==2.4.1",
+            "mypy-zope==1.0.17",
             "types-psycopg2",
         ],
     },

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar
 
 from twisted.python import usage
 
@@ -28,7 +28,7 @@ class Settings:
     #: Twisted endpoint strings to serve HTTP on.
     listen: tuple[str, ...] = ("tcp:33002",)
     #: An external PostgreSQL; None: the embedded one in ``data_dir``.
-    dsn: Optional[str] = None
+    dsn: str | None = None
     data_dir: str = "./eventbus-data"
     #: Largest accepted request body, in bytes.
     max_body: int = 1024 * 1024
@@ -68,7 +68,7 @@ DEFAULTS = Settings()
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "A durable HTTP event bus on PostgreSQL."
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["dsn", None, None,
          "PostgreSQL connection string (URI or key=value); without it an "
          "embedded PostgreSQL is run in --data-dir."],
@@ -91,7 +91,7 @@ class Options(usage.Options):
          "Seconds a process's claim on a webhook subscription holds without renewal;"
          " another process takes over this long after the owner died.", float],
     ]  # fmt: skip
-    optFlags = [
+    optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
          "Allow webhook URLs on loopback, private, link-local and other non-public"
          " addresses."],

@@ -25,11 +25,11 @@ wakes nobody.
 Layer rule: a domain module; no SQL (it goes through the consumer store),
 no HTTP (it raises domain errors).
 """
+
 from __future__ import annotations
 
 import re
 import secrets
-from typing import Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -45,6 +45,7 @@ from eventbus.model import (
     DeadEvent,
     Delivery,
     LeaseOutcome,
+    Start,
 )
 from eventbus.notifier import Notifier, Subscriber, Wake, WakeKind
 from eventbus.storage.consumers import ConsumerStore
@@ -54,7 +55,7 @@ from eventbus.storage.events import EventStore
 log = Logger()
 
 DEFAULT_MODE = ORDERED
-DEFAULT_START = "earliest"
+DEFAULT_START: Start = "earliest"
 DEFAULT_LEASE_S = 30.0
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULTS = ConsumerConfig(
@@ -73,7 +74,7 @@ EXPIRY_SLACK_S = 0.02
 LOCK_WAIT_S = QUERY_TIMEOUT_S
 
 
-def choose(b: Backlog) -> Optional[int]:
+def choose(b: Backlog) -> int | None:
     """The event id to lease now, or None.
 
     ordered: nothing may be in flight, and it is always the lowest id that is
@@ -106,7 +107,7 @@ def new_token(event_id: int) -> str:
     return f"{event_id}.{secrets.token_urlsafe(16)}"
 
 
-def parse_token(token: str) -> Optional[int]:
+def parse_token(token: str) -> int | None:
     """The event id of a token shaped like ours, else None (a 409: no such
     lease); anything else, a NUL character say, never reaches the database."""
     head, sep, rest = token.partition(".")
@@ -119,13 +120,13 @@ def parse_token(token: str) -> Optional[int]:
 class _Waiter(Subscriber):
     """One ``next`` request between two leasing rounds: a wake-up subscriber."""
 
-    __slots__ = ("deferred", "timer", "known_head", "blocked", "signalled", "highest_seen")
+    __slots__ = ("blocked", "deferred", "highest_seen", "known_head", "signalled", "timer")
 
     def __init__(self) -> None:
         self.deferred: defer.Deferred[None] = defer.Deferred()
-        self.timer: Optional[IDelayedCall] = None
+        self.timer: IDelayedCall | None = None
         #: Unknown until the leasing round has read the backlog.
-        self.blocked: Optional[bool] = None
+        self.blocked: bool | None = None
         self.known_head = 0
         #: Announced during the round: a state change or resync; the highest head.
         self.signalled = False
@@ -164,7 +165,7 @@ class Consumers:
         self._locks: dict[tuple[str, str, str], defer.DeferredLock] = {}
 
     # -- leasing ----------------------------------------------------------------
-    async def next(self, context: str, channel: str, name: str, timeout: float) -> Optional[Delivery]:
+    async def next(self, context: str, channel: str, name: str, timeout: float) -> Delivery | None:
         """Lease the next available event, waiting up to ``timeout`` seconds."""
         deadline = self.reactor.seconds() + timeout
         while True:

@@ -4,7 +4,8 @@ Any layer raises these (storage, the domain modules, the HTTP handlers); the
 HTTP layer alone decides what a client sees, mapping each class to a status
 and a JSON body in one place (:mod:`eventbus.http.router`).
 
-No HTTP here: no statuses, no header names.  Imports nothing of ours.
+Layer rule: the bottom tier; no HTTP here (no statuses, no header names),
+and it imports nothing of ours.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Optional, Union
+from typing import Literal, NamedTuple
 
 import orjson
 
@@ -101,7 +101,7 @@ SHARED = "shared"
 MODES = (ORDERED, SHARED)
 
 #: Where a new consumer or subscription begins: "earliest", "latest" or an event id.
-Start = Union[Literal["earliest", "latest"], int]
+Start = Literal["earliest", "latest"] | int
 
 
 @dataclass(frozen=True)
@@ -120,10 +120,10 @@ class Backlog(NamedTuple):
     next_new: int
     head: int  # the channel's last id
     in_flight: int  # unexpired leases
-    first_pending: Optional[int]  # lowest leased or available (not dead) id
-    first_ready: Optional[int]  # lowest id that may be leased now
+    first_pending: int | None  # lowest leased or available (not dead) id
+    first_ready: int | None  # lowest id that may be leased now
     #: Seconds until the next lease expiry or end of a nack delay (None: none).
-    next_change_s: Optional[float]
+    next_change_s: float | None
 
 
 class Leased(NamedTuple):
@@ -134,7 +134,7 @@ class Leased(NamedTuple):
 
 class LeaseOutcome(NamedTuple):
     backlog: Backlog
-    leased: Optional[Leased]
+    leased: Leased | None
 
 
 class ConsumerStatus(NamedTuple):
@@ -185,10 +185,10 @@ class ChannelState:
     delivered_id: int
     head: int
     failures: int
-    failing_since: Optional[float]
-    last_attempt: Optional[float]
-    last_status: Optional[int]
-    last_error: Optional[str]
+    failing_since: float | None
+    last_attempt: float | None
+    last_status: int | None
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -198,8 +198,8 @@ class SubscriptionState:
     channel: str
     url: str
     created: float
-    disabled_at: Optional[float]
-    disabled_reason: Optional[str]
+    disabled_at: float | None
+    disabled_reason: str | None
     #: The process delivering it now (None: nobody holds a live lease).
-    owner: Optional[str]
+    owner: str | None
     channels: list[ChannelState] = field(default_factory=list)

@@ -34,8 +34,9 @@ Layer rule: a domain module; no SQL (it reads through the event store), no HTTP.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -59,7 +60,7 @@ _ANY_HEAD = MAX_ID + 1
 class EventReader(Protocol):
     """What the notifier reads (the event store, or a fake in tests)."""
 
-    async def first_after(self, context: str, channel: str, cursor: int) -> Optional[Event]: ...
+    async def first_after(self, context: str, channel: str, cursor: int) -> Event | None: ...
 
     async def events_by_id(self, context: str, channel: str, ids: set[int]) -> dict[int, Event]: ...
 
@@ -81,7 +82,7 @@ class WakeKind(enum.Enum):
 class Wake:
     kind: WakeKind
     #: The channel concerned; None for a RESYNC of a whole context.
-    channel: Optional[str]
+    channel: str | None
     #: With PUBLISHED: the newest id announced.  0 otherwise.
     head: int = 0
 
@@ -89,11 +90,9 @@ class Wake:
 class Subscriber:
     """What a subscription tells; subclasses override what they need."""
 
-    __slots__ = ()
-
     #: None: wake-ups only.  An id: the events after it are wanted (the
     #: notifier moves it along for a follower).
-    cursor: Optional[int] = None
+    cursor: int | None = None
     #: With a cursor: every event from now on (True) or only the next (False).
     follows: bool = False
 
@@ -107,9 +106,9 @@ class Subscriber:
 class Subscription:
     """One registration; :meth:`cancel` ends it (idempotent, never raises)."""
 
-    __slots__ = ("notifier", "key", "subscriber", "active")
+    __slots__ = ("active", "key", "notifier", "subscriber")
 
-    def __init__(self, notifier: Notifier, key: tuple[str, Optional[str]], subscriber: Subscriber) -> None:
+    def __init__(self, notifier: Notifier, key: tuple[str, str | None], subscriber: Subscriber) -> None:
         self.notifier = notifier
         self.key = key
         self.subscriber = subscriber
@@ -124,7 +123,7 @@ class Subscription:
 class _Channel:
     """The subscriptions of one channel and the state of its wake-up read."""
 
-    __slots__ = ("signals", "waiters", "followers", "reading", "pending")
+    __slots__ = ("followers", "pending", "reading", "signals", "waiters")
 
     def __init__(self) -> None:
         self.signals: set[Subscription] = set()
@@ -146,13 +145,13 @@ class _NextEvent(Subscriber):
 
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor
-        self.result: defer.Deferred[Optional[Event]] = defer.Deferred()
-        self.timer: Optional[IDelayedCall] = None
+        self.result: defer.Deferred[Event | None] = defer.Deferred()
+        self.timer: IDelayedCall | None = None
 
     def deliver(self, events: list[Event]) -> None:
         self.finish(events[0])
 
-    def finish(self, event: Optional[Event]) -> None:
+    def finish(self, event: Event | None) -> None:
         if not self.result.called:
             self.result.callback(event)
 
@@ -177,7 +176,7 @@ class Notifier:
         self.tail = TailCache()
 
     # -- subscribing ------------------------------------------------------------
-    def subscribe(self, context: str, channel: Optional[str], subscriber: Subscriber) -> Subscription:
+    def subscribe(self, context: str, channel: str | None, subscriber: Subscriber) -> Subscription:
         """Register ``subscriber`` for ``channel`` of ``context`` (None: every
         channel of it, for wake-ups only).  A follower is fed at once with
         what the store holds after its cursor."""
@@ -219,7 +218,7 @@ class Notifier:
         if ch.idle():
             del self._channels[key]
 
-    async def next_event(self, context: str, channel: str, cursor: int, timeout: float) -> Optional[Event]:
+    async def next_event(self, context: str, channel: str, cursor: int, timeout: float) -> Event | None:
         """The first event with id > cursor, or None after ``timeout`` seconds."""
         key = (context, channel)
         cached = self.tail.get(key, cursor + 1)
@@ -290,7 +289,7 @@ class Notifier:
     def resync(self) -> None:
         """Notifications may have been lost (the LISTEN connection came back):
         read every channel that has subscribers, tell every wake-up subscriber."""
-        for context, subs in list(self._contexts.items()):
+        for subs in list(self._contexts.values()):
             self._tell(subs, Wake(WakeKind.RESYNC, None))
         for (context, channel), ch in list(self._channels.items()):
             if ch.signals:

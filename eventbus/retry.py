@@ -12,8 +12,9 @@ Layer rule: the bottom tier, beside :mod:`eventbus.model` and
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterator
 from itertools import count
-from typing import Awaitable, Callable, Iterator, Optional, TypeVar
+from typing import TypeVar
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, task
@@ -59,8 +60,8 @@ async def retrying(
     what: str,
     policy: Policy = EVERY_SECOND,
     retry_on: tuple[type[BaseException], ...] = (Unavailable,),
-    give_up_after: Optional[float] = None,
-    between: Optional[Callable[[], None]] = None,
+    give_up_after: float | None = None,
+    between: Callable[[], None] | None = None,
 ) -> T:
     """``await attempt()`` until it succeeds, waiting ``policy(n)`` after the
     n-th failure of a kind in ``retry_on``.

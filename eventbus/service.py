@@ -6,10 +6,12 @@ listens; on shutdown the ports stop first and PostgreSQL last.
 
 Layer rule: may import everything; builds nothing (:mod:`eventbus.tap` does).
 """
+
 from __future__ import annotations
 
 import gc
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, threads
@@ -40,7 +42,7 @@ class SequentialService(service.MultiService):
     def __init__(self, reactor: Any) -> None:
         super().__init__()
         self.reactor = reactor
-        self._starting: Optional[defer.Deferred[None]] = None
+        self._starting: defer.Deferred[None] | None = None
 
     def privilegedStartService(self) -> None:
         service.Service.privilegedStartService(self)
@@ -117,8 +119,12 @@ class EmbeddedPostgresService(service.Service):
     def stopService(self) -> defer.Deferred:
         service.Service.stopService(self)
         d = threads.deferToThread(self.postgres.stop)
-        d.addCallback(lambda stopped: log.info(
-            "embedded PostgreSQL {what}", what="stopped" if stopped else "left running for other processes"))
+        d.addCallback(
+            lambda stopped: log.info(
+                "embedded PostgreSQL {what}",
+                what="stopped" if stopped else "left running for other processes",
+            )
+        )
         return d
 
 
@@ -166,4 +172,3 @@ class ListenerService(service.Service):
     def stopService(self) -> None:
         service.Service.stopService(self)
         self.listener.stop()
-

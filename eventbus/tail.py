@@ -11,10 +11,11 @@ evicting the least recently used channels first.
 
 Layer rule: a domain module; memory only, no SQL, no HTTP.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from eventbus.model import ChannelKey, Event
 
@@ -24,7 +25,7 @@ TAIL_BYTES = 32 * 1024 * 1024
 
 
 class _Run:
-    __slots__ = ("first", "events", "size")
+    __slots__ = ("events", "first", "size")
 
     def __init__(self) -> None:
         self.first = 0
@@ -39,8 +40,9 @@ class _Run:
 class TailCache:
     """Recent contiguous events per channel, bounded in count and bytes."""
 
-    def __init__(self, per_channel: int = TAIL_EVENTS, channels: int = TAIL_CHANNELS,
-                 max_bytes: int = TAIL_BYTES) -> None:
+    def __init__(
+        self, per_channel: int = TAIL_EVENTS, channels: int = TAIL_CHANNELS, max_bytes: int = TAIL_BYTES
+    ) -> None:
         self.per_channel = per_channel
         self.channels = channels
         self.max_bytes = max_bytes
@@ -69,7 +71,7 @@ class TailCache:
         """Whether this channel has recent events in memory (it is being read)."""
         return key in self._runs
 
-    def get(self, key: ChannelKey, event_id: int) -> Optional[Event]:
+    def get(self, key: ChannelKey, event_id: int) -> Event | None:
         run = self._runs.get(key)
         if run is None or not run.first <= event_id <= run.last:
             return None
@@ -83,7 +85,7 @@ class TailCache:
             return []
         self._runs.move_to_end(key)
         start = cursor + 1 - run.first
-        return run.events[start:start + limit]
+        return run.events[start : start + limit]
 
     def _add_one(self, key: ChannelKey, event: Event) -> None:
         run = self._runs.get(key)

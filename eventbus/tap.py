@@ -11,10 +11,9 @@ Layer rule: may import everything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 from twisted.application import service, strports
-from twisted.internet.interfaces import IReactorCore
 
 from eventbus.config import Options, Settings
 from eventbus.consumers import Consumers
@@ -33,7 +32,7 @@ from eventbus.webhooks.service import WebhookService
 __all__ = ["Options", "Parts", "assemble", "build", "makeService"]
 
 
-def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> service.IService:
+def makeService(options: Options, reactor: Any | None = None) -> service.IService:
     return build(options.settings(), reactor)
 
 
@@ -51,7 +50,7 @@ class Parts:
     site: EventBusSite
 
 
-def assemble(settings: Settings, reactor: IReactorCore) -> Parts:
+def assemble(settings: Settings, reactor: Any) -> Parts:
     """Build and wire every object of a server process (starting none of them)."""
     database = Database(reactor, settings.dsn or "", pool_size=settings.pool_size)
     events = EventStore(database)
@@ -83,12 +82,12 @@ def assemble(settings: Settings, reactor: IReactorCore) -> Parts:
     return Parts(database, events, notifier, listener, consumers, webhooks, streams, site)
 
 
-def build(settings: Settings, reactor: Optional[IReactorCore] = None) -> service.IService:
+def build(settings: Settings, reactor: Any | None = None) -> service.IService:
     """The service tree of a server process: see :mod:`eventbus.service` for its order."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
-        reactor = default_reactor  # type: ignore[assignment]
+        reactor = default_reactor
     assert reactor is not None
     parts = assemble(settings, reactor)
 

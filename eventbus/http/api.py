@@ -9,8 +9,6 @@ given and builds none of them (``eventbus.tap`` wires the objects).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from eventbus.consumers import Consumers
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
@@ -31,7 +29,7 @@ def make_root(
     notifier: Notifier,
     streams: EventStreams,
     consumers: Consumers,
-    webhooks: Optional[WebhookService],
+    webhooks: WebhookService | None,
     max_batch: int,
 ) -> Root:
     return Root(

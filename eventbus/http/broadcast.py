@@ -26,9 +26,11 @@ function, the keep-alive bytes and members that know how to write.
 
 Layer rule: the HTTP layer (the streams' side of the notifier); no SQL.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -78,8 +80,15 @@ class Member(Protocol):
 class Broadcaster:
     """The broadcast groups of one server process, one per followed channel."""
 
-    def __init__(self, notifier: Notifier, reactor: IReactorTime, render: Render,
-                 heartbeat: float, keepalive: bytes, flush_s: float = FLUSH_S) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        reactor: IReactorTime,
+        render: Render,
+        heartbeat: float,
+        keepalive: bytes,
+        flush_s: float = FLUSH_S,
+    ) -> None:
         self.notifier = notifier
         self.reactor = reactor
         self.render = render
@@ -96,7 +105,7 @@ class Broadcaster:
         """Number of streams in a group (for tests)."""
         return sum(len(g.members) for g in self._groups.values())
 
-    def join(self, context: str, channel: str, member: Member) -> Optional[defer.Deferred[None]]:
+    def join(self, context: str, channel: str, member: Member) -> defer.Deferred[None] | None:
         """Add a caught-up stream to its channel's group.
 
         Returns a Deferred that fires (with None) when the member has left the
@@ -135,13 +144,13 @@ class _Group(Subscriber):
     def __init__(self, owner: Broadcaster, key: ChannelKey, cursor: int) -> None:
         self.owner = owner
         self.key = key
-        self.cursor: Optional[int] = cursor
+        self.cursor: int | None = cursor
         self.base = cursor
         self.frames: list[bytes] = []
         self.members: dict[Member, defer.Deferred[None]] = {}
-        self._subscription: Optional[Subscription] = None
-        self._flush_call: Optional[IDelayedCall] = None
-        self._beat_call: Optional[IDelayedCall] = None
+        self._subscription: Subscription | None = None
+        self._flush_call: IDelayedCall | None = None
+        self._beat_call: IDelayedCall | None = None
         self._closed = False
 
     def start(self) -> None:
@@ -153,7 +162,8 @@ class _Group(Subscriber):
         due = member.last_write + self.owner.heartbeat
         if self._beat_call is None:
             self._beat_call = self.owner.reactor.callLater(
-                max(0.0, due - self.owner.reactor.seconds()), self._beat)
+                max(0.0, due - self.owner.reactor.seconds()), self._beat
+            )
         elif due < self._beat_call.getTime():
             self._beat_call.reset(max(0.0, due - self.owner.reactor.seconds()))
         return d
@@ -197,7 +207,7 @@ class _Group(Subscriber):
                 member.send(data)
             elif cursor < last:
                 # Joined ahead of the group (it had read the store itself).
-                member.send(b"".join(frames[cursor - base:]))
+                member.send(b"".join(frames[cursor - base :]))
             else:
                 continue
             member.cursor = last
@@ -223,8 +233,7 @@ class _Group(Subscriber):
         for member in left:
             self._leave(member)
         if self.members:
-            self._beat_call = reactor.callLater(
-                max(0.0, oldest + heartbeat - reactor.seconds()), self._beat)
+            self._beat_call = reactor.callLater(max(0.0, oldest + heartbeat - reactor.seconds()), self._beat)
 
     # -- members leaving -----------------------------------------------------------
     def _leave(self, member: Member) -> None:

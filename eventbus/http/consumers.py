@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from eventbus.consumers import (
     DEFAULT_LEASE_S,
@@ -74,28 +74,28 @@ class ConsumersResource:
         self.consumers = consumers
 
     @router.route("/consumers/<context>/<channel>", methods=["GET"])
-    async def list_consumers(self, request: IRequest, context: str, channel: str) -> bytes:
+    async def list_consumers(self, request: Request, context: str, channel: str) -> bytes:
         found = await self.consumers.of_channel(context, channel)
         return render.body(request, b"[" + b",".join(render.consumer_status(s) for s in found) + b"]")
 
     @router.route("/consumers/<context>/<channel>/<name>", methods=["PUT"])
-    async def put_consumer(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
-        config = consumer_config(request.content.read())
+    async def put_consumer(self, request: Request, context: str, channel: str, name: str) -> bytes:
+        config = consumer_config(params.body(request))
         created, status = await self.consumers.configure(context, channel, name, config)
         return render.body(request, render.consumer_status(status), 201 if created else 200)
 
     @router.route("/consumers/<context>/<channel>/<name>", methods=["GET"])
-    async def get_consumer(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
+    async def get_consumer(self, request: Request, context: str, channel: str, name: str) -> bytes:
         status = await self.consumers.status(context, channel, name)
         return render.body(request, render.consumer_status(status))
 
     @router.route("/consumers/<context>/<channel>/<name>", methods=["DELETE"])
-    async def delete_consumer(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
+    async def delete_consumer(self, request: Request, context: str, channel: str, name: str) -> bytes:
         await self.consumers.delete(context, channel, name)
         return render.no_content(request)
 
     @router.route("/consumers/<context>/<channel>/<name>/next", methods=["POST"])
-    async def next_event(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
+    async def next_event(self, request: Request, context: str, channel: str, name: str) -> bytes:
         timeout = params.timeout_param(params.query(request).get("timeout"))
         delivery = await self.consumers.next(context, channel, name, timeout)
         if delivery is None:
@@ -103,14 +103,14 @@ class ConsumersResource:
         return render.body(request, render.delivery(context, channel, delivery))
 
     @router.route("/consumers/<context>/<channel>/<name>/ack", methods=["POST"])
-    async def ack(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
-        fields = params.object_body(request.content.read(), ("lease",))
+    async def ack(self, request: Request, context: str, channel: str, name: str) -> bytes:
+        fields = params.object_body(params.body(request), ("lease",))
         await self.consumers.ack(context, channel, name, lease_token(fields))
         return render.no_content(request)
 
     @router.route("/consumers/<context>/<channel>/<name>/nack", methods=["POST"])
-    async def nack(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
-        fields = params.object_body(request.content.read(), ("lease", "delay"))
+    async def nack(self, request: Request, context: str, channel: str, name: str) -> bytes:
+        fields = params.object_body(params.body(request), ("lease", "delay"))
         delay = 0.0
         if "delay" in fields:
             delay = params.number("delay", fields["delay"], 0, MAX_NACK_DELAY_S)
@@ -118,14 +118,15 @@ class ConsumersResource:
         return render.no_content(request)
 
     @router.route("/consumers/<context>/<channel>/<name>/dead", methods=["GET"])
-    async def dead(self, request: IRequest, context: str, channel: str, name: str) -> bytes:
+    async def dead(self, request: Request, context: str, channel: str, name: str) -> bytes:
         found = await self.consumers.dead(context, channel, name)
         return render.body(
-            request, b"[" + b",".join(render.leased(context, channel, d.event, d.deliveries) for d in found) + b"]"
+            request,
+            b"[" + b",".join(render.leased(context, channel, d.event, d.deliveries) for d in found) + b"]",
         )
 
     @router.route("/consumers/<context>/<channel>/<name>/dead/<event_id>/retry", methods=["POST"])
-    async def retry(self, request: IRequest, context: str, channel: str, name: str, event_id: str) -> bytes:
+    async def retry(self, request: Request, context: str, channel: str, name: str, event_id: str) -> bytes:
         number = params.path_id(event_id)
         if number is None:
             raise NotFound(f"event {event_id[:40]!r} is not dead for consumer {name}")

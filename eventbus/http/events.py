@@ -11,9 +11,7 @@ Layer rule: the HTTP layer.
 
 from __future__ import annotations
 
-from typing import Optional
-
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from eventbus.errors import InvalidInput, NotFound, TooLarge
 from eventbus.http import params, render
@@ -23,22 +21,22 @@ from eventbus.model import MAX_ID, render_event, render_events
 from eventbus.notifier import Notifier
 from eventbus.storage.events import EventStore
 
+
 class EventsResource:
     """The routes under ``/events``."""
 
     router = Router()
 
-    def __init__(self, store: EventStore, notifier: Notifier, streams: EventStreams,
-                 max_batch: int) -> None:
+    def __init__(self, store: EventStore, notifier: Notifier, streams: EventStreams, max_batch: int) -> None:
         self.store = store
         self.notifier = notifier
         self.streams = streams
         self.max_batch = max_batch
 
     @router.route("/events/<context>/<channel>", methods=["POST"])
-    async def publish(self, request: IRequest, context: str, channel: str) -> bytes:
+    async def publish(self, request: Request, context: str, channel: str) -> bytes:
         issuer = params.issuer(request)
-        text, value = params.payload(request.content.read())
+        text, value = params.payload(params.body(request))
         if isinstance(value, list):
             return await self._publish_batch(request, context, channel, issuer, text, value)
         if not isinstance(value, dict):
@@ -47,8 +45,9 @@ class EventsResource:
         request.setHeader(b"Location", f"/events/{context}/{channel}/{event.id}".encode())
         return render.body(request, render_event(context, channel, event), 201)
 
-    async def _publish_batch(self, request: IRequest, context: str, channel: str, issuer: str,
-                             text: str, values: list[object]) -> bytes:
+    async def _publish_batch(
+        self, request: Request, context: str, channel: str, issuer: str, text: str, values: list[object]
+    ) -> bytes:
         """An array body: all its events are stored atomically, in array order."""
         if not values:
             raise InvalidInput("a batch must hold at least one event")
@@ -61,7 +60,7 @@ class EventsResource:
         return render.body(request, b"[" + b",".join(render_events(context, channel, events)) + b"]", 201)
 
     @router.route("/events/<context>/<channel>", methods=["GET"])
-    async def read(self, request: IRequest, context: str, channel: str) -> Optional[bytes]:
+    async def read(self, request: Request, context: str, channel: str) -> bytes | None:
         query = params.query(request)
         # Every parameter given is checked, even one this mode ignores.
         limit = None
@@ -77,8 +76,7 @@ class EventsResource:
         await stream_history(request, self.store, context, channel, start, limit)
         return None
 
-    async def _peek(self, request: IRequest, context: str, channel: str, cursor: int,
-                    timeout: float) -> bytes:
+    async def _peek(self, request: Request, context: str, channel: str, cursor: int, timeout: float) -> bytes:
         if timeout == 0:
             recent = self.notifier.recent(context, channel, cursor, 1)
             event = recent[0] if recent else await self.store.first_after(context, channel, cursor)
@@ -89,7 +87,7 @@ class EventsResource:
         return render.body(request, render_event(context, channel, event))
 
     @router.route("/events/<context>/<channel>/stream", methods=["GET"])
-    async def stream(self, request: IRequest, context: str, channel: str) -> None:
+    async def stream(self, request: Request, context: str, channel: str) -> None:
         """Server-Sent Events; werkzeug ranks this static segment above <event_id>."""
         query = params.query(request)
         after = None
@@ -101,10 +99,13 @@ class EventsResource:
         await self.streams.serve(request, context, channel, after)
 
     @router.route("/events/<context>/<channel>/<event_id>", methods=["GET"])
-    async def one(self, request: IRequest, context: str, channel: str, event_id: str) -> bytes:
+    async def one(self, request: Request, context: str, channel: str, event_id: str) -> bytes:
         number = params.path_id(event_id)
         event = None if number is None else await self.store.event(context, channel, number)
         if event is None:
-            raise NotFound(f"no event {event_id[:40]!r} in {context}/{channel}"
-                           if number is None else f"no event {event_id} in {context}/{channel}")
+            raise NotFound(
+                f"no event {event_id[:40]!r} in {context}/{channel}"
+                if number is None
+                else f"no event {event_id} in {context}/{channel}"
+            )
         return render.body(request, render_event(context, channel, event))

@@ -8,7 +8,7 @@ Layer rule: the HTTP layer.
 
 from __future__ import annotations
 
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from eventbus.http import render
 from eventbus.http.router import Router
@@ -22,6 +22,6 @@ class HealthResource:
         self.database = database
 
     @router.route("/health", methods=["GET"])
-    async def health(self, request: IRequest) -> bytes:
+    async def health(self, request: Request) -> bytes:
         await self.database.ping()
         return render.json(request, {"status": "ok"})

@@ -4,10 +4,11 @@ A streaming handler registers a :class:`Pacer` on its request and awaits
 :meth:`Pacer.ready` before each database read, so it reads as fast as the
 client reads and no faster: the database is the buffer, and a slow client
 costs at most one page of memory.
-"""
-from __future__ import annotations
 
-from typing import Optional
+Layer rule: the HTTP layer; knows nothing of events or SQL.
+"""
+
+from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -24,7 +25,7 @@ class Pacer:
     """
 
     def __init__(self) -> None:
-        self._paused: Optional[defer.Deferred] = None
+        self._paused: defer.Deferred | None = None
         self.stopped = False
         #: Paused or stopped: nothing should be written now.  A plain
         #: attribute, as a broadcast checks it for every stream per write.

@@ -15,11 +15,11 @@ import json
 import math
 import re
 from decimal import Decimal
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from eventbus.errors import InvalidInput
 from eventbus.model import MAX_ID, check_issuer
@@ -39,7 +39,7 @@ _PLUS_OFFSET = re.compile(r"\A(.*\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d(?::?\d\d)?
 
 
 # -- the query string ----------------------------------------------------------------
-def query(request: IRequest) -> dict[str, str]:
+def query(request: Request) -> dict[str, str]:
     """Query parameters of the request; each may appear once."""
     _, _, raw = request.uri.partition(b"?")
     try:
@@ -60,14 +60,14 @@ def int_param(name: str, value: str, low: int, high: int) -> int:
     return int(value)
 
 
-def path_id(value: str) -> Optional[int]:
+def path_id(value: str) -> int | None:
     """A positive id from a path segment, or None (the caller's 404)."""
     if not UINT.match(value) or not 1 <= int(value) <= MAX_ID + 1:
         return None
     return int(value)
 
 
-def timeout_param(value: Optional[str]) -> float:
+def timeout_param(value: str | None) -> float:
     if value is None:
         return DEFAULT_TIMEOUT_S
     if not _UDECIMAL.match(value) or float(value) > MAX_TIMEOUT_S:
@@ -102,7 +102,7 @@ def start_param(value: str) -> dt.datetime:
 
 
 # -- headers -------------------------------------------------------------------------------
-def issuer(request: IRequest) -> str:
+def issuer(request: Request) -> str:
     """The publisher's name, from ``X-EVENT-ISSUER`` (or its alias)."""
     for name in ISSUER_HEADERS:
         values = request.requestHeaders.getRawHeaders(name)
@@ -115,7 +115,7 @@ def issuer(request: IRequest) -> str:
     raise InvalidInput("missing X-EVENT-ISSUER header")
 
 
-def last_event_id(request: IRequest) -> Optional[int]:
+def last_event_id(request: Request) -> int | None:
     """The ``Last-Event-ID`` header an SSE client sends when it reconnects."""
     values = request.requestHeaders.getRawHeaders(b"Last-Event-ID")
     if not values:
@@ -126,6 +126,12 @@ def last_event_id(request: IRequest) -> Optional[int]:
 
 
 # -- JSON bodies -------------------------------------------------------------------------------
+def body(request: Request) -> bytes:
+    """The request body (twisted.web has read it whole, within ``--max-body``)."""
+    content = request.content
+    return content.read() if content is not None else b""
+
+
 def payload(body: bytes) -> tuple[str, object]:
     """Validate a request body; return its text and its parsed value.
 

@@ -10,17 +10,17 @@ Layer rule: the HTTP layer; renders domain values, never reads the store.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import orjson
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from eventbus.model import ALL_CHANNELS, ConsumerStatus, Delivery, Event, SubscriptionState, render_event
 
 JSON = b"application/json"
 
 
-def body(request: IRequest, data: bytes, status: int = 200) -> bytes:
+def body(request: Request, data: bytes, status: int = 200) -> bytes:
     """A complete JSON response (with Content-Length, so no chunking)."""
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON)
@@ -28,11 +28,11 @@ def body(request: IRequest, data: bytes, status: int = 200) -> bytes:
     return data
 
 
-def json(request: IRequest, value: Any, status: int = 200) -> bytes:
+def json(request: Request, value: Any, status: int = 200) -> bytes:
     return body(request, orjson.dumps(value), status)
 
 
-def no_content(request: IRequest) -> bytes:
+def no_content(request: Request) -> bytes:
     request.setResponseCode(204)
     return b""
 
@@ -41,7 +41,7 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-def error(request: IRequest, status: int, message: str) -> bytes:
+def error(request: Request, status: int, message: str) -> bytes:
     return body(request, error_body(message), status)
 
 
@@ -69,7 +69,7 @@ def consumer_status(s: ConsumerStatus) -> bytes:
     )
 
 
-def leased(context: str, channel: str, event: Event, deliveries: int, lease: Optional[str] = None) -> bytes:
+def leased(context: str, channel: str, event: Event, deliveries: int, lease: str | None = None) -> bytes:
     """``{"event": ..., "lease": ..., "deliveries": n}`` (no lease for a dead letter)."""
     token = b"" if lease is None else b',"lease":' + orjson.dumps(lease)
     return b'{"event":' + render_event(context, channel, event) + token + b',"deliveries":%d}' % deliveries
@@ -80,7 +80,7 @@ def delivery(context: str, channel: str, d: Delivery) -> bytes:
 
 
 # -- webhook subscriptions ---------------------------------------------------------------
-def subscription(state: SubscriptionState, secret: Optional[str] = None) -> dict[str, Any]:
+def subscription(state: SubscriptionState, secret: str | None = None) -> dict[str, Any]:
     """The subscription object; ``secret`` only in the answer to its creation."""
     channels = {
         c.channel: {

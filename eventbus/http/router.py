@@ -22,7 +22,8 @@ their public functions), model and errors.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
@@ -40,6 +42,8 @@ from eventbus.http import render
 from eventbus.model import check_name
 
 log = Logger()
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The HTTP status of each domain error.
 STATUS: dict[type[EventBusError], int] = {
@@ -61,21 +65,21 @@ def status_of(error: EventBusError) -> int:
     return 500
 
 
-def _request_and_failure(args: tuple[Any, ...]) -> tuple[IRequest, Failure]:
-    # Klein passes the resource instance first when the app is bound to one.
-    return args[-2], args[-1]
-
-
-def domain_error(*args: Any) -> bytes:
-    request, failure = _request_and_failure(args)
+# Error handlers are Klein "methods": every app is bound to its resource
+# instance, which Klein passes first (as ``self``, the name Klein's type says).
+def domain_error(self: Any, request: IRequest, failure: Failure) -> bytes:
     error = failure.value
     assert isinstance(error, EventBusError)
-    return render.error(request, status_of(error), error.message)
+    return render.error(cast(Request, request), status_of(error), error.message)
 
 
-def routing_error(*args: Any) -> bytes:
-    request, failure = _request_and_failure(args)
+def routing_error(self: Any, request: IRequest, failure: Failure) -> bytes:
     error = failure.value
+    assert isinstance(error, HTTPException)
+    return _routing_error(cast(Request, request), error)
+
+
+def _routing_error(request: Request, error: HTTPException) -> bytes:
     if isinstance(error, WerkzeugMethodNotAllowed):
         allowed = sorted(error.valid_methods or [])
         request.setHeader(b"Allow", ", ".join(allowed).encode())
@@ -88,17 +92,16 @@ def routing_error(*args: Any) -> bytes:
     return render.error(request, error.code or 400, error.description or error.name)
 
 
-def unexpected(*args: Any) -> bytes:
-    request, failure = _request_and_failure(args)
+def unexpected(self: Any, request: IRequest, failure: Failure) -> bytes:
     log.failure("unhandled error serving {uri}", failure, uri=request.uri)
-    return render.error(request, 500, "internal error")
+    return render.error(cast(Request, request), 500, "internal error")
 
 
-def not_found(request: IRequest) -> bytes:
+def not_found(request: Request) -> bytes:
     return render.error(request, 404, f"no such resource: {request.path.decode('latin-1')[:200]}")
 
 
-class Router(Klein):  # type: ignore[misc]
+class Router(Klein):
     """A resource's Klein app: routes check their names, errors render here."""
 
     def __init__(self) -> None:
@@ -107,11 +110,11 @@ class Router(Klein):  # type: ignore[misc]
         self.handle_errors(HTTPException)(routing_error)
         self.handle_errors(Exception)(unexpected)
 
-    def route(self, url: str, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        register = super().route(url, *args, **kwargs)
+    def route(self, url: str, *args: Any, branch: bool = False, **kwargs: Any) -> Callable[[F], F]:
+        register = super().route(url, *args, branch=branch, **kwargs)
         names = {var: kind for var, kind in NAME_VARIABLES.items() if f"<{var}>" in url}
 
-        def deco(f: Callable[..., Any]) -> Callable[..., Any]:
+        def deco(f: F) -> F:
             if not names:
                 register(f)
                 return f
@@ -137,7 +140,7 @@ class Root(Resource):
         super().__init__()
         self.apps = dict(apps)
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         # Klein's answer to these is plain text; ours is JSON.  An encoded
         # slash is refused too: twisted.web decodes each segment and Klein
         # joins them with "/", so a name "a%2Fb" would route as two segments.

@@ -9,11 +9,14 @@ after which the connection is half-closed and further upload is discarded.
 Requests twisted.web itself refuses as malformed (request line, header or
 body framing) get a JSON 400 from :class:`JsonErrorChannel`, so every error
 the server sends is JSON.
+
+Layer rule: the HTTP layer; twisted.web plumbing only, no routes.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.internet import task
 from twisted.web import http, server
@@ -30,8 +33,13 @@ class LimitedRequest(server.Request):
     _refused = False
 
     @property
+    def _site(self) -> EventBusSite:
+        site: EventBusSite = cast(Any, self.channel).site
+        return site
+
+    @property
     def _max_body(self) -> int:
-        return int(self.channel.site.max_body)
+        return self._site.max_body
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self._max_body:
@@ -57,16 +65,16 @@ class LimitedRequest(server.Request):
         self._refused = True
         # No "100 Continue" after our final answer.
         self.requestHeaders.removeHeader(b"Expect")
-        transport = self.channel.transport
-        transport.write(_raw_error(
-            b"413 Payload Too Large",
-            f"request body exceeds the limit of {self._max_body} bytes"))
+        transport: Any = cast(Any, self.channel).transport
+        transport.write(
+            _raw_error(b"413 Payload Too Large", f"request body exceeds the limit of {self._max_body} bytes")
+        )
         try:
             transport.loseWriteConnection()
         except AttributeError:  # not a TCP transport (tests): just close
             transport.loseConnection()
             return
-        self.channel.site.reactor.callLater(DISCARD_GRACE_S, _abort, transport)
+        self._site.reactor.callLater(DISCARD_GRACE_S, _abort, transport)
 
 
 def _abort(transport: Any) -> None:
@@ -77,10 +85,12 @@ def _abort(transport: Any) -> None:
 def _raw_error(status: bytes, message: str) -> bytes:
     """A whole JSON error response, for writing straight to a transport."""
     body = error_body(message)
-    return (b"HTTP/1.1 " + status + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Connection: close\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 class JsonErrorChannel(http.HTTPChannel):
@@ -89,9 +99,12 @@ class JsonErrorChannel(http.HTTPChannel):
     JSON 400 here instead."""
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        self.transport.write(_raw_error(
-            b"400 Bad Request",
-            "malformed HTTP request (request line, a header or the body framing)"))
+        assert self.transport is not None
+        self.transport.write(
+            _raw_error(
+                b"400 Bad Request", "malformed HTTP request (request line, a header or the body framing)"
+            )
+        )
         self.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -113,8 +126,9 @@ class BatchedLogFile:
     system's per-event formatting.  Lines keep their order; at most
     ``interval`` seconds of them are lost if the process is killed."""
 
-    def __init__(self, stream: IO[str], reactor: Any, interval: float = ACCESS_LOG_FLUSH_S,
-                 owned: bool = True) -> None:
+    def __init__(
+        self, stream: IO[str], reactor: Any, interval: float = ACCESS_LOG_FLUSH_S, owned: bool = True
+    ) -> None:
         self.stream = stream
         self.owned = owned
         self._lines: list[str] = []
@@ -147,7 +161,7 @@ class EventBusSite(server.Site):
     requestFactory = LimitedRequest
     # A plain channel rather than Twisted's HTTP/2-negotiating wrapper: we
     # serve HTTP/1.1 on plain TCP only.
-    protocol = JsonErrorChannel
+    protocol = JsonErrorChannel  # type: ignore[assignment]  # a channel class is such a callable
 
     def __init__(self, resource: Any, *, max_body: int, access_log: str, **kwargs: Any) -> None:
         # Never parse form bodies into request.args: `curl --data` sends JSON
@@ -164,11 +178,12 @@ class EventBusSite(server.Site):
             self._logFile = BatchedLogFile(sys.stdout, self.reactor, owned=False)
         elif self.access_log != ACCESS_LOG_TWISTD:
             self._logFile = BatchedLogFile(
-                open(self.access_log, "a", encoding="utf-8", newline="\n"), self.reactor)
+                open(self.access_log, "a", encoding="utf-8", newline="\n"),  # noqa: SIM115 (BatchedLogFile closes it)
+                self.reactor,
+            )
 
     def stopFactory(self) -> None:
         if isinstance(self._logFile, BatchedLogFile):
             self._logFile.close()
             self._logFile = None
         super().stopFactory()
-

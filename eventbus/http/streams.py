@@ -47,15 +47,17 @@ make every client reconnect at once into the same outage.)
 
 Layer rule: the HTTP layer.
 """
+
 from __future__ import annotations
 
 import datetime as dt
-from typing import Optional
+from functools import partial
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from eventbus.errors import EventBusError
 from eventbus.http.broadcast import Broadcaster
@@ -81,14 +83,13 @@ OPENING = b": connected\n\n"
 HEARTBEAT = b": keepalive\n\n"
 
 
-
 async def stream_history(
-    request: IRequest,
+    request: Request,
     store: EventStore,
     context: str,
     channel: str,
-    start: Optional[dt.datetime],
-    limit: Optional[int],
+    start: dt.datetime | None,
+    limit: int | None,
 ) -> None:
     """Write the channel as a JSON array, page by page, paced by the client."""
     head = await store.head(context, channel)
@@ -118,7 +119,7 @@ async def stream_history(
         # left is to cut the connection so the client sees a truncation.
         log.warn("aborting a history stream of {context}/{channel}", context=context, channel=channel)
         request.unregisterProducer()
-        request.channel.transport.abortConnection()
+        cast(Any, request.channel).transport.abortConnection()
         await request.notifyFinish()
     finally:
         if request.producer is not None:
@@ -134,7 +135,9 @@ def frames(context: str, channel: str, events: list[Event]) -> list[bytes]:
     own ``data:`` field; the client joins them with LF, which is the same
     JSON value.  (A batch shares one rendering template.)
     """
-    return [_message(e.id, body) for e, body in zip(events, render_events(context, channel, events))]
+    return [
+        _message(e.id, body) for e, body in zip(events, render_events(context, channel, events), strict=True)
+    ]
 
 
 def _message(event_id: int, body: bytes) -> bytes:
@@ -167,8 +170,7 @@ class EventStreams:
         """Streams held back by their client (for tests)."""
         return sum(1 for s in self._open if s.pacer.paused)
 
-    async def serve(self, request: IRequest, context: str, channel: str,
-                    after: Optional[int]) -> None:
+    async def serve(self, request: Request, context: str, channel: str, after: int | None) -> None:
         """Stream the channel's events with id > ``after`` (None: from its head).
 
         Runs until the client disconnects.  Errors before the first byte
@@ -198,11 +200,12 @@ class EventStreams:
         except Exception:
             # The 200 is out, so no error response is possible: cut the
             # connection; the client reconnects with Last-Event-ID.
-            log.failure("SSE stream of {context}/{channel} failed; closing it",
-                        context=context, channel=channel)
+            log.failure(
+                "SSE stream of {context}/{channel} failed; closing it", context=context, channel=channel
+            )
             if request.channel is not None:
                 request.unregisterProducer()
-                request.channel.transport.abortConnection()
+                cast(Any, request.channel).transport.abortConnection()
                 await request.notifyFinish()
         finally:
             self._open.discard(stream)
@@ -214,8 +217,9 @@ class EventStreams:
 class _Stream:
     """The state of one open stream: where it is, and when it last wrote."""
 
-    def __init__(self, streams: EventStreams, request: IRequest, context: str,
-                 channel: str, cursor: int) -> None:
+    def __init__(
+        self, streams: EventStreams, request: Request, context: str, channel: str, cursor: int
+    ) -> None:
         self.streams = streams
         self.request = request
         self.context = context
@@ -265,10 +269,9 @@ class _Stream:
                     page = []
                     continue
                 # The group is already past us: read what we miss.
-            cursor = self.cursor
             page = await retrying(
                 self.streams.reactor,
-                lambda: store.page(ctx, chan, cursor, MAX_ID + 1, PAGE_EVENTS),
+                partial(store.page, ctx, chan, self.cursor, MAX_ID + 1, PAGE_EVENTS),
                 what=f"SSE stream of {ctx}/{chan}",
                 between=self._keep_alive,
             )

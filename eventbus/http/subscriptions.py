@@ -8,9 +8,9 @@ Layer rule: the HTTP layer.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from eventbus.errors import InvalidInput, NotFound
 from eventbus.http import params, render
@@ -25,7 +25,7 @@ FIELDS = {"context", "channel", "url", "secret", "start"}
 def start_field(value: Any, channel: str) -> Start:
     """Parse start: "latest", "earliest" or the id of the first event to deliver."""
     if value == "latest" or value == "earliest":
-        return value  # type: ignore[no-any-return]
+        return value
     if value is None:
         raise InvalidInput('start is required: "latest", "earliest" or an event id')
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID + 1:
@@ -48,7 +48,7 @@ class SubscriptionsResource:
 
     router = Router()
 
-    def __init__(self, webhooks: Optional[WebhookService]) -> None:
+    def __init__(self, webhooks: WebhookService | None) -> None:
         self.webhooks = webhooks
 
     def _service(self) -> WebhookService:
@@ -57,9 +57,9 @@ class SubscriptionsResource:
         return self.webhooks
 
     @router.route("/subscriptions", methods=["POST"])
-    async def create(self, request: IRequest) -> bytes:
+    async def create(self, request: Request) -> bytes:
         webhooks = self._service()
-        _, body = params.payload(request.content.read())
+        _, body = params.payload(params.body(request))
         if not isinstance(body, dict):
             raise InvalidInput("the body must be a JSON object")
         unknown = sorted(set(body) - FIELDS)
@@ -79,25 +79,25 @@ class SubscriptionsResource:
         return render.json(request, render.subscription(state, secret), 201)
 
     @router.route("/subscriptions", methods=["GET"])
-    async def list_all(self, request: IRequest) -> bytes:
+    async def list_all(self, request: Request) -> bytes:
         states = await self._service().states()
         return render.json(request, [render.subscription(s) for s in states])
 
     @router.route("/subscriptions/<sub_id>", methods=["GET"])
-    async def get(self, request: IRequest, sub_id: str) -> bytes:
+    async def get(self, request: Request, sub_id: str) -> bytes:
         states = await self._service().states(subscription_id(sub_id))
         if not states:
             raise NotFound(f"no subscription {sub_id[:40]!r}")
         return render.json(request, render.subscription(states[0]))
 
     @router.route("/subscriptions/<sub_id>", methods=["DELETE"])
-    async def delete(self, request: IRequest, sub_id: str) -> bytes:
+    async def delete(self, request: Request, sub_id: str) -> bytes:
         if not await self._service().delete(subscription_id(sub_id)):
             raise NotFound(f"no subscription {sub_id[:40]!r}")
         return render.no_content(request)
 
     @router.route("/subscriptions/<sub_id>/enable", methods=["POST"])
-    async def enable(self, request: IRequest, sub_id: str) -> bytes:
+    async def enable(self, request: Request, sub_id: str) -> bytes:
         sid = subscription_id(sub_id)
         webhooks = self._service()
         if not await webhooks.enable(sid):

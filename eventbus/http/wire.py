@@ -10,26 +10,33 @@ bytes is kept) and hands whatever the socket does not take to the transport,
 whose buffer then fills and pauses the response's producer as usual: flow
 control is unchanged.  Anything it does not know (TLS, a transport that is
 not a plain TCP socket, a response that is not chunked) goes the usual way.
+
+Layer rule: the HTTP layer.  This module reads Twisted transport internals
+(``dataBuffer``, ``offset``, ``_tempDataLen``), the one place that does;
+tests/unit/test_private_apis.py fails if they change.
 """
+
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 
 class BodyWriter:
     """Writes a response body (after its first write) for one request."""
 
-    __slots__ = ("request", "transport", "socket")
+    __slots__ = ("request", "socket", "transport")
 
-    def __init__(self, request: IRequest) -> None:
+    def __init__(self, request: Request) -> None:
         self.request = request
         self.transport: Any = getattr(request.channel, "transport", None)
         sock = getattr(self.transport, "socket", None)
         # Only a plain TCP transport with the buffer attributes we check.
         if getattr(self.transport, "TLS", True) or not all(
-                hasattr(self.transport, a) for a in ("dataBuffer", "offset", "_tempDataLen")):
+            hasattr(self.transport, a) for a in ("dataBuffer", "offset", "_tempDataLen")
+        ):
             sock = None
         self.socket: Any = sock
 
@@ -39,16 +46,20 @@ class BodyWriter:
         each write until the ACK of the previous one."""
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
-            try:
+            with contextlib.suppress(OSError):
                 set_no_delay(True)
-            except OSError:
-                pass
 
     def write(self, data: bytes) -> None:
         request, transport = self.request, self.transport
-        if (self.socket is None or not request.chunked or request.finished
-                or not transport.connected or transport.disconnecting
-                or transport._tempDataLen or transport.offset != len(transport.dataBuffer)):
+        if (
+            self.socket is None
+            or not request.chunked
+            or request.finished
+            or not transport.connected
+            or transport.disconnecting
+            or transport._tempDataLen
+            or transport.offset != len(transport.dataBuffer)
+        ):
             request.write(data)
             return
         chunk = _chunk(data)

@@ -33,9 +33,11 @@ Layer rule: storage; SQL and nothing else.  The leasing *rules* are not
 here: :meth:`ConsumerStore.lease` is handed the pure ``choose`` of
 :mod:`eventbus.consumers`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from eventbus.errors import NotFound
 from eventbus.model import (
@@ -66,16 +68,12 @@ _DEAD = (
 )
 _IN_FLIGHT = "(e.state = 'leased' AND e.lease_until > {now})"
 _READY = (
-    "(e.state = 'available' AND e.available_at <= %(now)s"
-    " OR e.state = 'leased' AND e.lease_until <= %(now)s)"
+    "(e.state = 'available' AND e.available_at <= %(now)s OR e.state = 'leased' AND e.lease_until <= %(now)s)"
 )
 _LOCKED_NOW = "%(now)s"
 _STATEMENT_NOW = "now()"
 _CONSUMER = "c.context = %(context)s AND c.channel = %(channel)s AND c.name = %(name)s"
-_HEAD = (
-    "coalesce((SELECT last_id FROM channels"
-    " WHERE context = %(context)s AND channel = %(channel)s), 0)"
-)
+_HEAD = "coalesce((SELECT last_id FROM channels WHERE context = %(context)s AND channel = %(channel)s), 0)"
 # Tells waiting ``next`` requests (in every process) that the consumer's
 # state changed: the channel's notification with head STATE_CHANGED, which
 # announces no event, so a waiter tells it apart from a publish.
@@ -83,7 +81,7 @@ _NOTIFY = notify_sql("%(context)s", "%(channel)s", f"'{STATE_CHANGED}'")
 
 
 #: ``choose(backlog)`` -> the id to lease now, or None.
-Chooser = Callable[[Backlog], Optional[int]]
+Chooser = Callable[[Backlog], int | None]
 
 
 class _Consumer(NamedTuple):
@@ -101,29 +99,17 @@ _CONSUMER_COLUMNS = select_list(
 )
 
 
-class _StatusRow(NamedTuple):
-    name: str
-    mode: str
-    lease_s: float
-    max_deliveries: int
-    next_new: int
-    head: int
-    first_pending: Optional[int]
-    pending: int
-    in_flight: int
-    dead: int
-
-
+#: A consumer's state: the cursor is derived (every id below the lowest
+#: pending one, else below next_new, is acked or dead); the lag counts the
+#: pending events and those never delivered, up to the channel's head.
 _STATUS_COLUMNS = select_list(
-    _StatusRow,
+    ConsumerStatus,
     name="c.name",
     mode="c.mode",
     lease_s="c.lease_s",
     max_deliveries="c.max_deliveries",
-    next_new="c.next_new",
-    head=_HEAD,
-    first_pending="s.first_pending",
-    pending="s.pending",
+    cursor="coalesce(s.first_pending, c.next_new) - 1",
+    lag=f"s.pending + greatest(0, {_HEAD} - c.next_new + 1)",
     in_flight="s.in_flight",
     dead="s.dead",
 )
@@ -150,8 +136,15 @@ class ConsumerStore:
         self.database = database
 
     # -- leasing ----------------------------------------------------------------
-    async def lease(self, context: str, channel: str, name: str, defaults: ConsumerConfig,
-                    choose: Chooser, token: Callable[[int], str]) -> LeaseOutcome:
+    async def lease(
+        self,
+        context: str,
+        channel: str,
+        name: str,
+        defaults: ConsumerConfig,
+        choose: Chooser,
+        token: Callable[[int], str],
+    ) -> LeaseOutcome:
         """One leasing round: under the consumer's lock, dead-letter what used
         up its deliveries, read the backlog, and lease what ``choose`` picks.
 
@@ -162,8 +155,8 @@ class ConsumerStore:
         async def work(cur: Cursor) -> LeaseOutcome:
             row, _ = await self._lock(cur, p, defaults)
             assert row is not None
-            q = dict(p, cid=row.id, max=row.max_deliveries, lease=row.lease_s, mode=row.mode,
-                     next_new=row.next_new, now=await self._now(cur))
+            q: dict[str, Any] = {**p, "cid": row.id, "max": row.max_deliveries, "lease": row.lease_s}
+            q.update(mode=row.mode, next_new=row.next_new, now=await self._now(cur))
             next_new = row.next_new
             await cur.execute(
                 "UPDATE consumer_events e"
@@ -171,7 +164,9 @@ class ConsumerStore:
                 "       available_at = NULL"
                 " WHERE e.consumer_id = %(cid)s AND e.state <> 'dead'"
                 "   AND e.deliveries >= %(max)s"
-                "   AND (e.state = 'available' OR e.lease_until <= %(now)s)", q)
+                "   AND (e.state = 'available' OR e.lease_until <= %(now)s)",
+                q,
+            )
             for _ in range(LEASE_ATTEMPTS):
                 backlog = await self._backlog(cur, q)
                 chosen = choose(backlog)
@@ -184,9 +179,10 @@ class ConsumerStore:
                         "INSERT INTO consumer_events (consumer_id, event_id, state,"
                         "    deliveries, lease_token, lease_until)"
                         " VALUES (%(cid)s, %(id)s, 'leased', 1, %(token)s,"
-                        "    %(now)s + %(lease)s * interval '1 second')", q)
-                    await cur.execute(
-                        "UPDATE consumers SET next_new = %(id)s + 1 WHERE id = %(cid)s", q)
+                        "    %(now)s + %(lease)s * interval '1 second')",
+                        q,
+                    )
+                    await cur.execute("UPDATE consumers SET next_new = %(id)s + 1 WHERE id = %(cid)s", q)
                     return LeaseOutcome(backlog, Leased(event_id=chosen, token=q["token"], deliveries=1))
                 # Re-checked against the row's latest version: an ack or nack
                 # that committed meanwhile makes this match nothing.
@@ -196,10 +192,14 @@ class ConsumerStore:
                     "       lease_token = %(token)s, available_at = NULL,"
                     "       lease_until = %(now)s + %(lease)s * interval '1 second'"
                     f" WHERE e.consumer_id = %(cid)s AND e.event_id = %(id)s AND {_READY}"
-                    " RETURNING deliveries", q)
+                    " RETURNING deliveries",
+                    q,
+                )
                 updated = cur.fetchall()
                 if updated:
-                    return LeaseOutcome(backlog, Leased(event_id=chosen, token=q["token"], deliveries=updated[0][0]))
+                    return LeaseOutcome(
+                        backlog, Leased(event_id=chosen, token=q["token"], deliveries=updated[0][0])
+                    )
             return LeaseOutcome(backlog._replace(next_change_s=0.0), None)
 
         return await self.database.transaction(work)
@@ -207,12 +207,13 @@ class ConsumerStore:
     async def _backlog(self, cur: Cursor, q: dict[str, Any]) -> Backlog:
         await cur.execute(
             f"SELECT {_BACKLOG_COLUMNS}"
-            " FROM consumer_events e WHERE e.consumer_id = %(cid)s AND e.state <> 'dead'", q)
+            " FROM consumer_events e WHERE e.consumer_id = %(cid)s AND e.state <> 'dead'",
+            q,
+        )
         return Backlog(*cur.fetchone())
 
     # -- acknowledging ----------------------------------------------------------
-    async def ack(self, context: str, channel: str, name: str, event_id: int,
-                  token: str) -> bool:
+    async def ack(self, context: str, channel: str, name: str, event_id: int, token: str) -> bool:
         """Delete the row of an unexpired lease; False if there is none.
 
         In ordered mode the next event just became leasable: wake the waiters.
@@ -225,13 +226,13 @@ class ConsumerStore:
             "     AND e.lease_until > clock_timestamp()"
             "  RETURNING c.mode)"
             f" SELECT mode, CASE WHEN mode = 'ordered' THEN {_NOTIFY}::text END FROM done",
-            {"context": context, "channel": channel, "name": name, "id": event_id,
-             "token": token},
+            {"context": context, "channel": channel, "name": name, "id": event_id, "token": token},
         )
         return bool(rows)
 
-    async def nack(self, context: str, channel: str, name: str, event_id: int,
-                   token: str, delay_s: float) -> bool:
+    async def nack(
+        self, context: str, channel: str, name: str, event_id: int, token: str, delay_s: float
+    ) -> bool:
         """Put an unexpired lease's event back (after ``delay_s``); False if
         there is no such lease.  Dead at once if it used up its deliveries."""
         rows = await self.database.query(
@@ -248,14 +249,19 @@ class ConsumerStore:
             "     AND e.lease_until > clock_timestamp()"
             "  RETURNING e.state)"
             f" SELECT state, {_NOTIFY}::text FROM back",
-            {"context": context, "channel": channel, "name": name, "id": event_id,
-             "token": token, "delay": delay_s},
+            {
+                "context": context,
+                "channel": channel,
+                "name": name,
+                "id": event_id,
+                "token": token,
+                "delay": delay_s,
+            },
         )
         return bool(rows)
 
     # -- configuration ----------------------------------------------------------
-    async def configure(self, context: str, channel: str, name: str,
-                        config: ConsumerConfig) -> bool:
+    async def configure(self, context: str, channel: str, name: str, config: ConsumerConfig) -> bool:
         """Create the consumer or update its settings; True if it was created."""
         p = {"context": context, "channel": channel, "name": name}
 
@@ -266,8 +272,13 @@ class ConsumerStore:
                 await cur.execute(
                     "UPDATE consumers SET mode = %(mode)s, lease_s = %(lease)s,"
                     " max_deliveries = %(max)s WHERE id = %(cid)s",
-                    dict(cid=row.id, mode=config.mode, lease=config.lease_s,
-                         max=config.max_deliveries))
+                    {
+                        "cid": row.id,
+                        "mode": config.mode,
+                        "lease": config.lease_s,
+                        "max": config.max_deliveries,
+                    },
+                )
             await cur.execute(f"SELECT {_NOTIFY}", p)
             return created
 
@@ -281,11 +292,9 @@ class ConsumerStore:
         return bool(rows)
 
     # -- reading ----------------------------------------------------------------
-    async def status(self, context: str, channel: str,
-                     name: Optional[str] = None) -> list[ConsumerStatus]:
+    async def status(self, context: str, channel: str, name: str | None = None) -> list[ConsumerStatus]:
         """The consumers of a channel (or the one named), by name."""
-        where = _CONSUMER if name is not None else (
-            "c.context = %(context)s AND c.channel = %(channel)s")
+        where = _CONSUMER if name is not None else ("c.context = %(context)s AND c.channel = %(channel)s")
         rows = await self.database.query(
             f"SELECT {_STATUS_COLUMNS}"
             " FROM consumers c CROSS JOIN LATERAL ("
@@ -300,15 +309,7 @@ class ConsumerStore:
             f" WHERE {where} ORDER BY c.name",
             {"context": context, "channel": channel, "name": name},
         )
-        result = []
-        for row in rows:
-            r = _StatusRow(*row)
-            first = r.first_pending if r.first_pending is not None else r.next_new
-            result.append(ConsumerStatus(
-                name=r.name, mode=r.mode, lease_s=r.lease_s, max_deliveries=r.max_deliveries,
-                cursor=first - 1, lag=r.pending + max(0, r.head - r.next_new + 1),
-                in_flight=r.in_flight, dead=r.dead))
-        return result
+        return [ConsumerStatus(*row) for row in rows]
 
     async def dead(self, context: str, channel: str, name: str) -> list[DeadEvent]:
         """The dead-lettered events of a consumer in id order; 404 if unknown."""
@@ -320,7 +321,9 @@ class ConsumerStore:
             " JOIN consumer_events e ON e.consumer_id = c.id"
             " JOIN events ev ON ev.channel_id = ch.id AND ev.id = e.event_id"
             f" WHERE {_CONSUMER} AND {_DEAD.format(now=_STATEMENT_NOW)}"
-            " ORDER BY e.event_id", p)
+            " ORDER BY e.event_id",
+            p,
+        )
         if not rows and not await self._exists(p):
             raise NotFound(f"no consumer {name} on {context}/{channel}")
         return [DeadEvent(event=Event(*row[1:]), deliveries=row[0]) for row in rows]
@@ -342,7 +345,9 @@ class ConsumerStore:
                 "  FROM consumers c"
                 " WHERE c.id = e.consumer_id AND e.consumer_id = %(cid)s"
                 f"   AND e.event_id = %(id)s AND {_DEAD.format(now=_LOCKED_NOW)}"
-                " RETURNING e.event_id", q)
+                " RETURNING e.event_id",
+                q,
+            )
             if not cur.fetchall():
                 raise NotFound(f"event {event_id} is not dead for consumer {name}")
             await cur.execute(f"SELECT {_NOTIFY}", p)
@@ -357,8 +362,9 @@ class ConsumerStore:
         await cur.execute("SELECT clock_timestamp()")
         return cur.fetchone()[0]
 
-    async def _lock(self, cur: Cursor, p: dict[str, Any],
-                    create: Optional[ConsumerConfig]) -> tuple[Optional[_Consumer], bool]:
+    async def _lock(
+        self, cur: Cursor, p: dict[str, Any], create: ConsumerConfig | None
+    ) -> tuple[_Consumer | None, bool]:
         """Lock the consumer's row, creating it from ``create`` if given.
 
         Returns (the row or None, whether this transaction created it).
@@ -380,9 +386,9 @@ class ConsumerStore:
             " VALUES (%(context)s, %(channel)s, %(name)s, %(mode)s, %(lease)s, %(max)s,"
             f"    {next_new})"
             " ON CONFLICT (context, channel, name) DO NOTHING"
-            f" RETURNING {_CONSUMER_COLUMNS}", dict(
-                p, mode=create.mode, lease=create.lease_s, max=create.max_deliveries,
-                start=create.start))
+            f" RETURNING {_CONSUMER_COLUMNS}",
+            dict(p, mode=create.mode, lease=create.lease_s, max=create.max_deliveries, start=create.start),
+        )
         row = cur.fetchone()
         if row is not None:
             return _Consumer(*row), True

@@ -21,9 +21,11 @@ Layer rule: storage speaks SQL and nothing else; it imports only
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable, Coroutine
 from itertools import chain
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -46,7 +48,8 @@ APPLICATION_NAME = "eventbus"
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
-Cursor = txpostgres.Cursor
+#: txpostgres has no type information: its cursor, as the storage modules use it.
+Cursor: TypeAlias = Any
 
 
 def select_list(cls: Any, **columns: str) -> str:
@@ -70,8 +73,7 @@ def select_list(cls: Any, **columns: str) -> str:
     unknown, missing = set(columns) - set(names), required - set(columns)
     if unknown or missing:
         raise TypeError(
-            f"select_list({cls.__name__}): unknown fields {sorted(unknown)},"
-            f" missing fields {sorted(missing)}"
+            f"select_list({cls.__name__}): unknown fields {sorted(unknown)}, missing fields {sorted(missing)}"
         )
     given = [name for name in names if name in columns]
     if given != names[: len(given)]:
@@ -129,18 +131,18 @@ def close_for_good(conn: txpostgres.Connection) -> None:
 
 
 def connect_kwargs(dsn: str) -> dict[str, Any]:
-    return dict(
-        dsn=dsn,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        keepalives=1,
-        keepalives_idle=10,
-        keepalives_interval=5,
-        keepalives_count=3,
-        application_name=APPLICATION_NAME,
-    )
+    return {
+        "dsn": dsn,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "application_name": APPLICATION_NAME,
+    }
 
 
-class _Pool(txpostgres.ConnectionPool):  # type: ignore[misc]
+class _Pool(txpostgres.ConnectionPool):
     """txpostgres' pool, with self-healing connections that are skipped while dead."""
 
     def __init__(self, reactor: IReactorTime, dsn: str, size: int) -> None:
@@ -207,7 +209,7 @@ class Database:
         self.dsn = dsn
         self.pool_size = pool_size
         self.timeout = timeout
-        self._pool: Optional[_Pool] = None
+        self._pool: _Pool | None = None
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
@@ -216,10 +218,8 @@ class Database:
             await pool.start()
         except BaseException:
             for c in pool.connections:
-                try:
+                with contextlib.suppress(Exception):
                     c.close()
-                except Exception:
-                    pass
             raise
         self._pool = pool
 
@@ -237,12 +237,12 @@ class Database:
     async def ping(self) -> None:
         await self.query("SELECT 1", timeout=min(self.timeout, 3.0))
 
-    async def query(self, sql: str, params: Any = None, timeout: Optional[float] = None) -> list[Row]:
+    async def query(self, sql: str, params: Any = None, timeout: float | None = None) -> list[Row]:
         """Run one statement (its own transaction) and fetch its rows."""
         return await self.call(self.pool().runQuery(sql, params), timeout)
 
     async def transaction(
-        self, work: Callable[[Cursor], Awaitable[T]], timeout: Optional[float] = None
+        self, work: Callable[[Cursor], Coroutine[Any, Any, T]], timeout: float | None = None
     ) -> T:
         """Run ``async work(cursor)`` inside BEGIN/COMMIT (ROLLBACK on error)."""
 
@@ -257,7 +257,7 @@ class Database:
             raise Unavailable("database is not connected")
         return self._pool
 
-    async def call(self, d: defer.Deferred[Any], timeout: Optional[float] = None) -> Any:
+    async def call(self, d: defer.Deferred[Any], timeout: float | None = None) -> Any:
         """Await a database Deferred, mapping outages and slowness to Unavailable.
 
         On timeout the query is left to finish on its own (cancelling needs a
@@ -291,12 +291,12 @@ def within(reactor: IReactorTime, d: defer.Deferred[T], seconds: float) -> defer
         if call.active():
             call.cancel()
         if result.called:
-            return None  # already answered 503; drop the late result or error
+            return  # already answered 503; drop the late result or error
         if isinstance(value, Failure):
             result.errback(value)
         else:
             result.callback(value)
-        return None
+        return
 
     d.addBoth(done)
     return result

@@ -12,17 +12,19 @@ shared ``flock`` on ``users.lock`` while it runs, and only the last one to
 leave stops the server.  A process killed with ``-9`` drops its lock with
 it, so the next start adopts the still-running server and the next clean
 stop shuts it down.
+
+Layer rule: storage; knows how to run PostgreSQL, not what is stored in it.
 """
+
 from __future__ import annotations
 
 import fcntl
 import os
 import pwd
 import subprocess
-from pathlib import Path
-from typing import IO, Optional
-
 import warnings
+from pathlib import Path
+from typing import IO
 
 import psycopg2
 
@@ -49,9 +51,9 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).absolute()
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
-        self.system_user: Optional[str] = SYSTEM_USER if os.geteuid() == 0 else None
-        self._users_lock: Optional[IO[str]] = None
-        self.socket_dir: Optional[Path] = None
+        self.system_user: str | None = SYSTEM_USER if os.geteuid() == 0 else None
+        self._users_lock: IO[str] | None = None
+        self.socket_dir: Path | None = None
 
     # -- public -----------------------------------------------------------
     def start(self) -> str:
@@ -65,7 +67,7 @@ class EmbeddedPostgres:
             if not self.is_running():
                 self._start_server()
             self._ensure_database()
-            self._users_lock = open(self.data_dir / "users.lock", "a")
+            self._users_lock = open(self.data_dir / "users.lock", "a")  # noqa: SIM115 (held while we run)
             fcntl.flock(self._users_lock, fcntl.LOCK_SH)
         return self.dsn()
 
@@ -106,7 +108,7 @@ class EmbeddedPostgres:
         return f"host={self.socket_dir} port={SOCKET_PORT} user=postgres dbname={database}"
 
     # -- helpers ----------------------------------------------------------
-    def _exclusive(self, name: str) -> "_FileLock":
+    def _exclusive(self, name: str) -> _FileLock:
         return _FileLock(self.data_dir / name)
 
     def _run(self, exe: str, args: list[str]) -> str:
@@ -127,10 +129,14 @@ class EmbeddedPostgres:
         assert self.socket_dir is not None
         self._pg_ctl(
             [
-                "-w", "-t", str(START_TIMEOUT_S),
-                "-l", str(self.log_path),
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "-l",
+                str(self.log_path),
                 # Unix socket only: nothing listens on the network.
-                "-o", f"-c listen_addresses='' -c port={SOCKET_PORT}"
+                "-o",
+                f"-c listen_addresses='' -c port={SOCKET_PORT}"
                 f" -c unix_socket_directories='{self.socket_dir}'",
                 "start",
             ]
@@ -146,9 +152,14 @@ class EmbeddedPostgres:
         self._run(
             "initdb",
             [
-                "-D", str(self.pgdata),
-                "--auth=trust", "--auth-local=trust",
-                "--encoding=UTF8", "--locale=C", "-U", "postgres",
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "--auth-local=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "-U",
+                "postgres",
             ],
         )
 
@@ -196,9 +207,9 @@ class _FileLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: Optional[IO[str]] = None
+        self._file: IO[str] | None = None
 
-    def __enter__(self) -> "_FileLock":
+    def __enter__(self) -> _FileLock:
         self._file = open(self.path, "a")
         fcntl.flock(self._file, fcntl.LOCK_EX)
         return self

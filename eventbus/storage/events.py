@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -78,7 +79,6 @@ SELECT upd.context, upd.channel, upd.last_id, extract(epoch FROM upd.last_ts)::f
 """
 
 
-
 def event_columns(alias: str) -> str:
     """The SELECT list of an :class:`Event` from ``events <alias>``."""
     return select_list(
@@ -108,7 +108,7 @@ class EventStore:
         self._flushing = 0
         #: Told of every committed append, before its requester: the
         #: notifier wakes this process's waiters from it.
-        self.on_append: Optional[AppendObserver] = None
+        self.on_append: AppendObserver | None = None
 
     def backend_pids(self) -> frozenset[int]:
         """The pool's backends: notifications they sent were announced already."""
@@ -193,7 +193,7 @@ class EventStore:
             # Announced when it commits, even after the requesters got their
             # 503 (the database was slow): the NOTIFY echo of our own commit
             # is skipped, so this is this process's only word of it.
-            d.addCallback(self._committed, by_channel, dict(zip(keys, counts)))
+            d.addCallback(self._committed, by_channel, dict(zip(keys, counts, strict=True)))
             done = await within(self.reactor, d, self.database.timeout)
         except Exception as e:
             if len(group) > 1 and not is_outage(e):
@@ -235,22 +235,21 @@ class EventStore:
         return done
 
     # -- reads --------------------------------------------------------------
-    async def event(self, context: str, channel: str, event_id: int) -> Optional[Event]:
+    async def event(self, context: str, channel: str, event_id: int) -> Event | None:
         rows = await self.database.query(
             f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.channel_id = {CHANNEL_ID} AND e.id = %(id)s",
             {"context": context, "channel": channel, "id": event_id},
         )
         return Event(*rows[0]) if rows else None
 
-    async def first_after(self, context: str, channel: str, cursor: int) -> Optional[Event]:
+    async def first_after(self, context: str, channel: str, cursor: int) -> Event | None:
         """The first event with id > cursor (ids are gap-free, so: id cursor+1)."""
         return await self.event(context, channel, cursor + 1)
 
     async def events_by_id(self, context: str, channel: str, ids: Iterable[int]) -> dict[int, Event]:
         """Several events of one channel in one round trip (used to wake waiters)."""
         rows = await self.database.query(
-            f"SELECT {EVENT_COLUMNS} FROM events e"
-            f" WHERE e.channel_id = {CHANNEL_ID} AND e.id = ANY(%(ids)s)",
+            f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.channel_id = {CHANNEL_ID} AND e.id = ANY(%(ids)s)",
             {"context": context, "channel": channel, "ids": sorted(ids)},
         )
         return {row[0]: Event(*row) for row in rows}
@@ -263,7 +262,7 @@ class EventStore:
         )
         return int(rows[0][0]) if rows else 0
 
-    async def first_id_at(self, context: str, channel: str, start: dt.datetime) -> Optional[int]:
+    async def first_id_at(self, context: str, channel: str, start: dt.datetime) -> int | None:
         """The id of the first event with timestamp >= start."""
         rows = await self.database.query(
             "SELECT e.id FROM events e"
@@ -289,7 +288,7 @@ class EventStore:
 class _Append:
     """One queued append waiting for its group's commit."""
 
-    __slots__ = ("context", "channel", "issuer", "payloads", "offset", "result")
+    __slots__ = ("channel", "context", "issuer", "offset", "payloads", "result")
 
     def __init__(self, context: str, channel: str, issuer: str, payloads: list[str]) -> None:
         self.context = context

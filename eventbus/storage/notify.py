@@ -19,7 +19,8 @@ Layer rule: storage; SQL and nothing else.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
@@ -53,7 +54,7 @@ def notify_sql(context: str, channel: str, head: str) -> str:
     return f"pg_notify('{NOTIFY_CHANNEL}', {context} || '/' || {channel} || '/' || {head})"
 
 
-def decode(payload: str, pid: int = 0) -> Optional[Notification]:
+def decode(payload: str, pid: int = 0) -> Notification | None:
     """The notification a payload carries, or None if it is not ours."""
     try:
         rest, head = payload.rsplit("/", 1)
@@ -85,8 +86,8 @@ class Listener:
         self.dsn = dsn
         self.on_notification = on_notification
         self.on_recovered = on_recovered
-        self._conn: Optional[txpostgres.Connection] = None
-        self._keepalive: Optional[task.LoopingCall] = None
+        self._conn: txpostgres.Connection | None = None
+        self._keepalive: task.LoopingCall | None = None
 
     @property
     def connected(self) -> bool:

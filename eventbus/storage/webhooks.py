@@ -18,17 +18,15 @@ Hence a stale owner can deliver at most the one event it had in flight.
 
 Layer rule: storage; SQL and nothing else.
 """
+
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
 
 from eventbus.model import ALL_CHANNELS, ChannelState, Claimed, Start, SubscriptionState
 from eventbus.storage.database import Cursor, Database, select_list
 
-_LOCK_MINE = (
-    "SELECT id FROM webhook_subscriptions"
-    " WHERE id = %(sid)s AND owner = %(owner)s FOR SHARE"
-)
+_LOCK_MINE = "SELECT id FROM webhook_subscriptions WHERE id = %(sid)s AND owner = %(owner)s FOR SHARE"
 
 
 _CLAIMED_COLUMNS = select_list(
@@ -65,8 +63,9 @@ class WebhookStore:
         self.database = database
 
     # -- the API's side ----------------------------------------------------
-    async def create(self, context: str, channel: str, url: str, secret: str,
-                     start: Start) -> SubscriptionState:
+    async def create(
+        self, context: str, channel: str, url: str, secret: str, start: Start
+    ) -> SubscriptionState:
         async def work(cur: Cursor) -> int:
             await cur.execute(
                 "INSERT INTO webhook_subscriptions (context, channel, url, secret)"
@@ -102,7 +101,7 @@ class WebhookStore:
         sid = await self.database.transaction(work)
         return (await self.states(sid))[0]
 
-    async def states(self, sid: Optional[int] = None) -> list[SubscriptionState]:
+    async def states(self, sid: int | None = None) -> list[SubscriptionState]:
         """One subscription's state (``sid``), or every subscription's, by id."""
         params = {"sid": sid}
         subs = await self.database.query(
@@ -133,11 +132,13 @@ class WebhookStore:
         channels: dict[int, list[ChannelState]] = {}
         for row in rows:
             channels.setdefault(row[0], []).append(ChannelState(*row[1:]))
-        return [SubscriptionState(*row, channels=channels.get(row[0], [])) for row in subs]
+        states = (SubscriptionState(*row) for row in subs)
+        return [dataclasses.replace(s, channels=channels.get(s.id, [])) for s in states]
 
     async def delete(self, sid: int) -> bool:
         rows = await self.database.query(
-            "DELETE FROM webhook_subscriptions WHERE id = %s RETURNING id", (sid,))
+            "DELETE FROM webhook_subscriptions WHERE id = %s RETURNING id", (sid,)
+        )
         return bool(rows)
 
     async def enable(self, sid: int) -> bool:
@@ -146,12 +147,15 @@ class WebhookStore:
         async def work(cur: Cursor) -> bool:
             await cur.execute(
                 "UPDATE webhook_subscriptions SET disabled_at = NULL, disabled_reason = NULL"
-                " WHERE id = %s RETURNING id", (sid,))
+                " WHERE id = %s RETURNING id",
+                (sid,),
+            )
             if not cur.fetchall():
                 return False
             await cur.execute(
-                "UPDATE webhook_cursors SET failures = 0, failing_since = NULL"
-                " WHERE subscription_id = %s", (sid,))
+                "UPDATE webhook_cursors SET failures = 0, failing_since = NULL WHERE subscription_id = %s",
+                (sid,),
+            )
             return True
 
         return await self.database.transaction(work)
@@ -178,8 +182,10 @@ class WebhookStore:
     async def release(self, owner: str) -> None:
         """Give up every lease at shutdown, so another process takes over at once."""
         await self.database.query(
-            "UPDATE webhook_subscriptions SET owner = NULL, lease_until = NULL"
-            " WHERE owner = %s RETURNING id", (owner,), timeout=3.0)
+            "UPDATE webhook_subscriptions SET owner = NULL, lease_until = NULL WHERE owner = %s RETURNING id",
+            (owner,),
+            timeout=3.0,
+        )
 
     async def pending_channels(self, sid: int, context: str) -> list[str]:
         """Channels of the context with events past the subscription's cursor."""
@@ -192,7 +198,7 @@ class WebhookStore:
         )
         return [row[0] for row in rows]
 
-    async def cursor(self, sid: int, channel: str, owner: str) -> Optional[int]:
+    async def cursor(self, sid: int, channel: str, owner: str) -> int | None:
         """The last delivered id of a channel (creating it at 0); None if not ours."""
         rows = await self.database.query(
             f"WITH s AS ({_LOCK_MINE}),"
@@ -207,8 +213,7 @@ class WebhookStore:
         )
         return rows[0][0] if rows else None
 
-    async def delivered(self, sid: int, channel: str, owner: str, event_id: int,
-                        status: int) -> bool:
+    async def delivered(self, sid: int, channel: str, owner: str, event_id: int, status: int) -> bool:
         """Move the cursor past an acknowledged event; False if not ours any more."""
         rows = await self.database.query(
             f"WITH s AS ({_LOCK_MINE})"
@@ -218,13 +223,13 @@ class WebhookStore:
             "        last_status = %(status)s, last_error = NULL"
             "   FROM s WHERE c.subscription_id = s.id AND c.channel = %(channel)s"
             " RETURNING c.delivered_id",
-            {"sid": sid, "channel": channel, "owner": owner, "id": event_id,
-             "status": status},
+            {"sid": sid, "channel": channel, "owner": owner, "id": event_id, "status": status},
         )
         return bool(rows)
 
-    async def failed(self, sid: int, channel: str, owner: str, status: Optional[int],
-                     error: str) -> Optional[tuple[int, float]]:
+    async def failed(
+        self, sid: int, channel: str, owner: str, status: int | None, error: str
+    ) -> tuple[int, float] | None:
         """Count a failed attempt; return (consecutive failures, seconds failing),
         or None if the subscription is not ours any more."""
         rows = await self.database.query(
@@ -237,8 +242,7 @@ class WebhookStore:
             "   FROM s WHERE c.subscription_id = s.id AND c.channel = %(channel)s"
             " RETURNING c.failures,"
             "           extract(epoch FROM clock_timestamp() - c.failing_since)::float8",
-            {"sid": sid, "channel": channel, "owner": owner, "status": status,
-             "error": error},
+            {"sid": sid, "channel": channel, "owner": owner, "status": status, "error": error},
         )
         return (rows[0][0], rows[0][1]) if rows else None
 

@@ -14,13 +14,13 @@ Layer rule: the webhooks package; no SQL, no HTTP server code.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import hyperlink
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorCore, IResolutionReceiver, IStreamClientEndpoint
+from twisted.internet.interfaces import IResolutionReceiver, IStreamClientEndpoint
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
@@ -43,8 +43,9 @@ def parse_url(url: str) -> tuple[str, str, int]:
     if len(url) > MAX_URL_LEN:
         raise InvalidInput(f"url is longer than {MAX_URL_LEN} characters")
     if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
-        raise InvalidInput("url must be ASCII (punycode, percent-encoding) without"
-                         " spaces or control characters")
+        raise InvalidInput(
+            "url must be ASCII (punycode, percent-encoding) without spaces or control characters"
+        )
     try:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -78,7 +79,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def refusal(address: str) -> Optional[str]:
+def refusal(address: str) -> str | None:
     """Why we may not connect to this IP address without --webhook-allow-private."""
     try:
         ip = ipaddress.ip_address(address)
@@ -96,7 +97,7 @@ def refusal(address: str) -> Optional[str]:
     return None
 
 
-def resolve(reactor: IReactorCore, host: str, port: int) -> defer.Deferred[list[str]]:
+def resolve(reactor: Any, host: str, port: int) -> defer.Deferred[list[str]]:
     """The IP addresses of ``host`` (a name or a literal), as strings, in order."""
     result: defer.Deferred[list[str]] = defer.Deferred()
     found: list[str] = []
@@ -122,8 +123,7 @@ def resolve(reactor: IReactorCore, host: str, port: int) -> defer.Deferred[list[
 class CheckedEndpoint:
     """Resolves, checks every address, then connects to a checked one."""
 
-    def __init__(self, reactor: Any, scheme: bytes, host: str, port: int,
-                 allow_private: bool) -> None:
+    def __init__(self, reactor: Any, scheme: bytes, host: str, port: int, allow_private: bool) -> None:
         self.reactor = reactor
         self.scheme = scheme
         self.host = host
@@ -142,7 +142,7 @@ class CheckedEndpoint:
                 reason = refusal(address)
                 if reason:
                     raise AddressRefused(f"refused to connect to {self.host}: {reason}")
-        failure: Optional[Exception] = None
+        failure: Exception | None = None
         for address in addresses:
             cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
             endpoint: Any = cls(self.reactor, address, self.port, timeout=CONNECT_TIMEOUT_S)
@@ -167,22 +167,24 @@ class CheckedEndpointFactory:
         self.allow_private = allow_private
 
     def endpointForURI(self, uri: Any) -> CheckedEndpoint:
-        return CheckedEndpoint(self.reactor, uri.scheme, uri.host.decode("ascii"),
-                                uri.port, self.allow_private)
+        return CheckedEndpoint(
+            self.reactor, uri.scheme, uri.host.decode("ascii"), uri.port, self.allow_private
+        )
 
 
-async def check_public(reactor: IReactorCore, host: str, port: int) -> None:
+async def check_public(reactor: Any, host: str, port: int) -> None:
     """Refuse (400) a host that does not resolve, or resolves to a non-public address."""
     try:
         addresses = await resolve(reactor, host, port)
     except defer.TimeoutError:
-        raise InvalidInput(f"url refused: {host} did not resolve within"
-                         f" {RESOLVE_TIMEOUT_S:g} s") from None
+        raise InvalidInput(f"url refused: {host} did not resolve within {RESOLVE_TIMEOUT_S:g} s") from None
     if not addresses:
         raise InvalidInput(f"url refused: {host} does not resolve")
     for address in addresses:
         reason = refusal(address)
         if reason:
-            raise InvalidInput(f"url refused: {host} resolves to {address}, which is not"
-                             " a public address (the server allows it only with"
-                             " --webhook-allow-private)")
+            raise InvalidInput(
+                f"url refused: {host} resolves to {address}, which is not"
+                " a public address (the server allows it only with"
+                " --webhook-allow-private)"
+            )

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import random
 from http.cookiejar import CookieJar
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, cast
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -42,6 +41,7 @@ from twisted.web.client import (
     ResponseNeverReceived,
     _HTTP11ClientFactory,
 )
+from twisted.web.http_headers import Headers
 
 from eventbus import __version__
 from eventbus.model import ALL_CHANNELS, MAX_ID, Claimed, Event, render_event
@@ -77,7 +77,7 @@ def retry_delay(failures: int, scale: float = 1.0) -> float:
 
 
 # -- one attempt -------------------------------------------------------------------
-class _QuietFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+class _QuietFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" log line per outgoing connection
 
 
@@ -114,7 +114,7 @@ def describe(failure: Failure) -> str:
 class Sender:
     """POSTs signed events, one attempt at a time."""
 
-    def __init__(self, reactor: IReactorCore, allow_private: bool) -> None:
+    def __init__(self, reactor: Any, allow_private: bool) -> None:
         self.reactor = reactor
         # One connection per attempt: every attempt resolves and checks the
         # host again, and no attempt fails on a kept-alive connection that the
@@ -125,18 +125,20 @@ class Sender:
             CheckedEndpointFactory(reactor, allow_private),
             pool=_QuietPool(reactor, persistent=False),
         )
-        self.http = HTTPClient(agent, cookiejar=_NoCookies())
+        self.http = HTTPClient(agent, cookiejar=cast(Any, _NoCookies()))
 
-    async def attempt(self, url: str, key: bytes, msg_id: str, body: bytes) -> tuple[Optional[int], Optional[str]]:
+    async def attempt(self, url: str, key: bytes, msg_id: str, body: bytes) -> tuple[int | None, str | None]:
         """POST one event once: (status, None) on a 2xx, else (status or None, error)."""
         timestamp = int(self.reactor.seconds())
-        headers = {
-            b"Content-Type": [b"application/json"],
-            b"User-Agent": [USER_AGENT],
-            b"webhook-id": [msg_id.encode()],
-            b"webhook-timestamp": [str(timestamp).encode()],
-            b"webhook-signature": [sign(key, msg_id, timestamp, body).encode()],
-        }
+        headers = Headers(
+            {
+                b"Content-Type": [b"application/json"],
+                b"User-Agent": [USER_AGENT],
+                b"webhook-id": [msg_id.encode()],
+                b"webhook-timestamp": [str(timestamp).encode()],
+                b"webhook-signature": [sign(key, msg_id, timestamp, body).encode()],
+            }
+        )
         try:
             # Inside the try: a request that cannot even be built is a failed
             # attempt like any other (counted, shown, disabled in the end).
@@ -155,7 +157,7 @@ class Sender:
         return response.code, f"HTTP {response.code}"
 
 
-def _drain(response: Any, reactor: IReactorCore) -> None:
+def _drain(response: Any, reactor: Any) -> None:
     """Read and drop a response body in the background, so the connection is
     closed cleanly; a body that is too large or too slow is cut off."""
     seen = [0]
@@ -180,8 +182,8 @@ class OwnedSubscription(Subscriber):
         self.key = secret_key(sub.secret)
         self.wildcard = sub.channel == ALL_CHANNELS
         self.loops: dict[str, ChannelDelivery] = {}
-        self._subscription: Optional[Subscription] = None
-        self._discovering: Optional[defer.Deferred[None]] = None
+        self._subscription: Subscription | None = None
+        self._discovering: defer.Deferred[None] | None = None
         self.stopped = False
 
     def start(self) -> None:
@@ -244,8 +246,8 @@ class ChannelDelivery:
         self.owned = owned
         self.channel = channel
         self._dirty = True
-        self._wake: Optional[defer.Deferred[None]] = None
-        self._task: Optional[defer.Deferred[None]] = None
+        self._wake: defer.Deferred[None] | None = None
+        self._task: defer.Deferred[None] | None = None
         self._stopped = False
 
     def start(self) -> None:
@@ -309,7 +311,9 @@ class ChannelDelivery:
             status, problem = await service.sender.attempt(sub.url, self.owned.key, msg_id, body)
             if problem is None:
                 assert status is not None
-                if await service.subscriptions.delivered(sub.id, self.channel, service.owner, event.id, status):
+                if await service.subscriptions.delivered(
+                    sub.id, self.channel, service.owner, event.id, status
+                ):
                     return True
                 service.lost(sub.id)
                 return False

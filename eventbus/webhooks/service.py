@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from typing import Any, Optional
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -37,6 +37,7 @@ from eventbus.webhooks.delivery import OwnedSubscription, Sender
 from eventbus.webhooks.signing import new_secret, secret_key
 
 log = Logger()
+
 
 class WebhookService(service.Service):
     """Delivers the subscriptions this process holds a lease on."""
@@ -69,13 +70,14 @@ class WebhookService(service.Service):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.sender = Sender(reactor, allow_private)
         self._owned: dict[int, OwnedSubscription] = {}
-        self._scanner: Optional[task.LoopingCall] = None
-        self._scanning: Optional[defer.Deferred[None]] = None
+        self._scanner: task.LoopingCall | None = None
+        self._scanning: defer.Deferred[None] | None = None
         self._rescan = False
 
     # -- for the API -------------------------------------------------------------
-    async def create(self, context: str, channel: str, url: str, secret: Optional[str],
-                     start: Start) -> tuple[SubscriptionState, str]:
+    async def create(
+        self, context: str, channel: str, url: str, secret: str | None, start: Start
+    ) -> tuple[SubscriptionState, str]:
         """Validate the URL (and its addresses) and the secret, store, start delivering."""
         _, host, port = parse_url(url)
         if secret is None:
@@ -87,7 +89,7 @@ class WebhookService(service.Service):
         self.scan_soon()
         return state, secret
 
-    async def states(self, sid: Optional[int] = None) -> list[SubscriptionState]:
+    async def states(self, sid: int | None = None) -> list[SubscriptionState]:
         return await self.subscriptions.states(sid)
 
     async def delete(self, sid: int) -> bool:
@@ -123,8 +125,11 @@ class WebhookService(service.Service):
         try:
             await self.subscriptions.release(self.owner)
         except Exception as e:
-            log.warn("could not release webhook leases ({error}); they expire in"
-                     " {lease} s", error=e, lease=self.lease)
+            log.warn(
+                "could not release webhook leases ({error}); they expire in {lease} s",
+                error=e,
+                lease=self.lease,
+            )
 
     # -- claiming ------------------------------------------------------------------
     def scan_soon(self) -> None:
@@ -162,8 +167,12 @@ class WebhookService(service.Service):
                 self._drop(sid)
         for sid, sub in held.items():
             if sid not in self._owned:
-                log.info("delivering webhook subscription {sid} ({context}/{channel})",
-                         sid=sid, context=sub.context, channel=sub.channel)
+                log.info(
+                    "delivering webhook subscription {sid} ({context}/{channel})",
+                    sid=sid,
+                    context=sub.context,
+                    channel=sub.channel,
+                )
                 self._owned[sid] = owned = OwnedSubscription(self, sub)
                 owned.start()
 

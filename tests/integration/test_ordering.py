@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Iterator
 
+import psycopg2
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
@@ -221,3 +222,65 @@ async def test_peek_beyond_the_head_returns_only_the_next_id(servers, channel_na
         assert (await _peek(server, channel_name, 6, 0)).code == 204
         r = await _peek(server, channel_name, 0, 0)
         assert r.code == 200 and r.json() == acked[0]
+
+
+# -- the counter row's lock is held until the events are in -----------------------
+def _waiting_appends(dsn: str) -> int:
+    """Server backends running an append that wait for a lock."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND application_name = 'eventbus'"
+            "   AND query LIKE '%%eventbus_append%%'")
+        return cur.fetchone()[0]
+
+
+def _visible(dsn: str, channel: str) -> tuple[int, list[int]]:
+    """(the channel's head, the ids of its events) as any reader sees them now."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, last_id FROM channels WHERE context = %s AND channel = %s",
+                    (CTX, channel))
+        channel_id, head = cur.fetchone()
+        cur.execute("SELECT id FROM events WHERE channel_id = %s ORDER BY id", (channel_id,))
+        return head, [row[0] for row in cur.fetchall()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_id_below_the_visible_head_is_missing_while_writers_are_held(
+        servers, dsn, channel_name):
+    """Two writers, one per process, are held after bumping the channel's
+    counter and before their events are in (the test holds a lock every
+    INSERT INTO events needs).  A reader must never see a head with an id
+    below it missing: the counter's new value may become visible only with
+    the events, in the same commit.  (If the counter were committed on its
+    own first, the reader would see head 3 and events [1] here, and a
+    consumer at cursor 1 could move past ids that appear a moment later.)"""
+    a, b = servers
+    assert (await publish(a.base, CTX, channel_name, {"n": 1})).code == 201
+    holder = psycopg2.connect(dsn)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE events IN SHARE MODE")  # blocks INSERTs, not reads
+        first = defer.ensureDeferred(publish(a.base, CTX, channel_name, {"n": 2}))
+        second = defer.ensureDeferred(publish(b.base, CTX, channel_name, {"n": 3}))
+        for _ in range(200):
+            if _waiting_appends(dsn) >= 2:
+                break
+            await _sleep(0.05)
+        assert _waiting_appends(dsn) >= 2, "both writers should be held by now"
+        assert not first.called and not second.called
+        for _ in range(5):
+            head, ids = _visible(dsn, channel_name)
+            assert ids == list(range(1, head + 1)), f"head {head} visible with only ids {ids}"
+            await _sleep(0.05)
+        assert head == 1
+    finally:
+        holder.rollback()  # releases the lock: both writers go on
+        holder.close()
+    answers = [await first, await second]
+    assert all(r.code == 201 for r in answers), answers
+    assert sorted(r.json()["id"] for r in answers) == [2, 3]
+    head, ids = _visible(dsn, channel_name)
+    assert (head, ids) == (3, [1, 2, 3])
+    history = await get(_channel_url(a, channel_name))
+    assert [e["id"] for e in history.json()] == [1, 2, 3]

@@ -37,6 +37,9 @@ class FakeStore:
         self.gate: Optional[defer.Deferred] = None
         #: This many next events_by_id calls raise Unavailable.
         self.failures = 0
+        #: When set, first_after answers what it saw when it was called, but
+        #: only once this Deferred fires (a read in flight across a commit).
+        self.first_after_gate: Optional[defer.Deferred] = None
 
     def add(self, channel: str, *ids: int) -> None:
         chan = self.events.setdefault((CTX, channel), {})
@@ -45,7 +48,11 @@ class FakeStore:
 
     async def first_after(self, context: str, channel: str, cursor: int) -> Optional[Event]:
         self.first_after_calls.append((context, channel, cursor))
-        return self.events.get((context, channel), {}).get(cursor + 1)
+        seen = self.events.get((context, channel), {}).get(cursor + 1)
+        if self.first_after_gate is not None:
+            gate, self.first_after_gate = self.first_after_gate, None
+            await gate
+        return seen
 
     async def events_by_id(self, context: str, channel: str,
                            ids: Iterable[int]) -> dict[int, Event]:
@@ -112,6 +119,21 @@ def test_existing_event_is_returned_at_once_without_holding_a_waiter(notifier, s
     assert result_of(d) == ev(2)
     assert notifier.waiting() == 0
     assert store.by_id_calls == []
+
+
+def test_a_publish_during_the_waiters_first_read_still_wakes_it(notifier, store):
+    """The waiter's own read of the store started before the commit and
+    answers "nothing yet"; the notification arrived while that read was in
+    flight.  Only a waiter registered *before* its read hears it: one
+    registered after would wait for a notification that has come and gone."""
+    gate = store.first_after_gate = defer.Deferred()
+    d = wait(notifier, "a", 0, timeout=60)
+    assert store.first_after_calls == [(CTX, "a", 0)]
+    store.add("a", 1)  # commits while the read is in flight ...
+    notifier.notify(CTX, "a", 1)  # ... and is announced before it answers
+    gate.callback(None)  # the read answers what it saw: nothing
+    assert result_of(d) == ev(1)
+    assert notifier.waiting() == 0
 
 
 def test_many_waiters_on_one_channel_are_answered_by_one_read(notifier, store):
@@ -267,6 +289,55 @@ def test_a_notification_wakes_its_channel(notifier, store):
     store.add("a", 1)
     notifier.on_notification(decode(f"{CTX}/a/1"))
     assert result_of(d) == ev(1)
+
+
+# -- wake-up subscribers (consumers' next, webhook delivery) ---------------------------
+class Told(Subscriber):
+    def __init__(self) -> None:
+        self.wakes: list[Wake] = []
+
+    def woken(self, wake: Wake) -> None:
+        self.wakes.append(wake)
+
+
+def test_wake_up_subscribers_are_told_what_happened_to_their_channel(notifier, store):
+    told, other = Told(), Told()
+    notifier.subscribe(CTX, "a", told)
+    notifier.subscribe(CTX, "b", other)
+    notifier.notify(CTX, "a", 3)
+    notifier.on_notification(decode(f"{CTX}/a/0"))  # a consumer's state changed
+    notifier.resync()
+    assert told.wakes == [Wake(WakeKind.PUBLISHED, "a", 3), Wake(WakeKind.CHANGED, "a"),
+                          Wake(WakeKind.RESYNC, "a")]
+    assert other.wakes == [Wake(WakeKind.RESYNC, "b")]
+    # wake-ups only: the notifier reads nothing for them
+    assert store.by_id_calls == [] and store.page_calls == []
+
+
+def test_a_context_wide_subscriber_hears_every_channel_of_its_context_only(notifier):
+    told = Told()
+    subscription = notifier.subscribe(CTX, None, told)
+    notifier.notify(CTX, "a", 1)
+    notifier.notify(CTX, "b", 2)
+    notifier.notify("elsewhere", "a", 5)
+    notifier.resync()
+    assert told.wakes == [Wake(WakeKind.PUBLISHED, "a", 1), Wake(WakeKind.PUBLISHED, "b", 2),
+                          Wake(WakeKind.RESYNC, None)]
+    subscription.cancel()
+    subscription.cancel()  # idempotent
+    notifier.notify(CTX, "a", 2)
+    assert len(told.wakes) == 3
+    assert not notifier._contexts
+
+
+def test_the_echo_of_an_own_commit_is_skipped_but_a_state_change_never_is(clock, store):
+    notifier = Notifier(clock, store, own_pids=lambda: frozenset({42}))
+    told = Told()
+    notifier.subscribe(CTX, "a", told)
+    notifier.on_notification(decode(f"{CTX}/a/5", pid=42))  # our own publish, announced at commit
+    notifier.on_notification(decode(f"{CTX}/a/0", pid=42))
+    notifier.on_notification(decode(f"{CTX}/a/6", pid=7))  # another process's publish
+    assert told.wakes == [Wake(WakeKind.CHANGED, "a"), Wake(WakeKind.PUBLISHED, "a", 6)]
 
 
 # -- followers (the SSE broadcast groups) ----------------------------------------------

@@ -143,7 +143,7 @@ def test_an_attempt_without_an_answer_fails_after_10_s_with_a_signed_request():
     clock.advance(0.2)
     assert result == [(None, f"no response within {REQUEST_TIMEOUT_S:g} s")]
     ((method, url, kwargs),) = service.http.calls
-    headers = {k.decode(): v[0].decode() for k, v in kwargs["headers"].items()}
+    headers = {k.decode().lower(): v[0].decode() for k, v in kwargs["headers"].getAllRawHeaders()}
     assert method == "POST" and kwargs["allow_redirects"] is False
     assert headers["webhook-id"] == "1/c/ch/7"
     assert headers["webhook-timestamp"] == "1700000000"
