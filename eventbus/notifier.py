@@ -34,7 +34,7 @@ Layer rule: a domain module; no SQL (it reads through the event store), no HTTP.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +46,7 @@ from eventbus.errors import Unavailable
 from eventbus.model import MAX_ID, ChannelKey, Event
 from eventbus.retry import EVERY_SECOND, retrying
 from eventbus.storage.notify import STATE_CHANGED, Notification
+from eventbus.storage.pages import PAGE_BYTES, Page
 from eventbus.tail import TAIL_EVENTS, TailCache
 
 log = Logger()
@@ -62,9 +63,11 @@ class EventReader(Protocol):
 
     async def first_after(self, context: str, channel: str, cursor: int) -> Event | None: ...
 
-    async def events_by_id(self, context: str, channel: str, ids: set[int]) -> dict[int, Event]: ...
+    async def events_by_id(
+        self, context: str, channel: str, ids: set[int], ahead: Iterable[int]
+    ) -> dict[int, Event]: ...
 
-    async def page(self, context: str, channel: str, after: int, upto: int, limit: int) -> list[Event]: ...
+    async def page(self, context: str, channel: str, after: int, upto: int, limit: int) -> Page: ...
 
 
 class WakeKind(enum.Enum):
@@ -238,9 +241,11 @@ class Notifier:
             if waiter.timer.active():
                 waiter.timer.cancel()
 
-    def recent(self, context: str, channel: str, cursor: int, limit: int) -> list[Event]:
-        """Events after ``cursor`` that are in memory already (may be empty)."""
-        return self.tail.after((context, channel), cursor, limit)
+    def recent(
+        self, context: str, channel: str, cursor: int, limit: int, max_bytes: int = PAGE_BYTES
+    ) -> list[Event]:
+        """Events after ``cursor`` already in memory: at most ``limit`` and ``max_bytes``."""
+        return self.tail.after((context, channel), cursor, limit, max_bytes)
 
     def waiting(self) -> int:
         """Long polls currently held open (for tests and health)."""
@@ -349,13 +354,11 @@ class Notifier:
         found: dict[int, Event] = {}
         if missing:
             # One read for the whole channel; with a known head it also
-            # fetches what follows, for the consumers (SSE streams, peek
-            # chains) that will ask for it next.
-            ids = set(missing)
+            # fetches what follows (as far as a page's bytes allow), for the
+            # consumers (SSE streams, peek chains) that will ask for it next.
             low = min(missing)
-            if head <= MAX_ID:
-                ids.update(range(low, min(head, low + TAIL_EVENTS - 1) + 1))
-            found = await self.store.events_by_id(key[0], key[1], ids)
+            ahead = range(low, min(head, low + TAIL_EVENTS - 1) + 1) if head <= MAX_ID else range(0)
+            found = await self.store.events_by_id(key[0], key[1], missing, ahead)
             self.tail.add(key, found.values())
         for waiter in list(ch.waiters):
             cursor = waiter.subscriber.cursor
@@ -372,19 +375,19 @@ class Notifier:
             # The memory first: in the publishing process (and after the
             # waiters' read) it holds everything up to the head.
             while follower.active and sub.cursor is not None and sub.cursor < head:
-                events = self.tail.after(key, sub.cursor, TAIL_EVENTS)
+                events = self.tail.after(key, sub.cursor, TAIL_EVENTS, PAGE_BYTES)
                 if not events:
                     break
                 self._deliver(follower, events)
-            while follower.active and sub.cursor is not None and sub.cursor < head:
+            more = True
+            while more and follower.active and sub.cursor is not None and sub.cursor < head:
                 page = await self.store.page(key[0], key[1], sub.cursor, min(head, MAX_ID + 1), TAIL_EVENTS)
                 self.tail.add(key, page)
                 # Delivered from the page itself: the tail ignores events
                 # older than the run it holds.
                 if page and follower.active:
                     self._deliver(follower, page)
-                if len(page) < TAIL_EVENTS:
-                    break
+                more, page = page.cut, Page()  # not held across the next read
 
     def _deliver(self, follower: Subscription, events: list[Event]) -> None:
         sub = follower.subscriber

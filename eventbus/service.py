@@ -9,6 +9,7 @@ Layer rule: may import everything; builds nothing (:mod:`eventbus.tap` does).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,7 @@ class SequentialService(service.MultiService):
 
     async def _start_all(self) -> None:
         global startup_failed
+        tune_malloc()
         for child in list(self):
             try:
                 await defer.maybeDeferred(child.startService)
@@ -95,6 +97,30 @@ def tune_gc() -> None:
     gc.freeze()
     _, second, third = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, second, third)
+
+
+#: glibc's ``mallopt`` parameter number of the mmap threshold.
+M_MMAP_THRESHOLD = -3
+#: Blocks of at least this size get a mapping of their own from glibc's
+#: malloc, given back to the system as soon as they are freed.  This is
+#: glibc's initial value, but glibc raises it (up to 32 MiB) every time such
+#: a block is freed, after which large buffers (a page of events, a large
+#: payload, a write buffer) are carved out of the heap, and the heap gives
+#: freed memory back only from its top: after one round of clients reading
+#: large events the process kept over a gigabyte it no longer used.  Setting
+#: it fixes it (and the trim threshold) where it is.  What the large blocks
+#: cost instead is a map and an unmap each: nothing next to filling them.
+MMAP_THRESHOLD = 128 * 1024
+
+
+def tune_malloc() -> None:
+    """Fix glibc's mmap threshold (see MMAP_THRESHOLD); elsewhere, nothing."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (macOS has no mallopt; musl ignores the setting)
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 class EmbeddedPostgresService(service.Service):

@@ -5,15 +5,21 @@ cache can only miss, never lie.  It lets one database read (or the publish
 itself, in the publishing process) answer every waiter and every SSE stream
 at the head of a channel, instead of one query per consumer per event.
 
-Each channel keeps a contiguous run of ids ``first..last``; the number of
-channels, the events per channel and the payload bytes overall are bounded,
-evicting the least recently used channels first.
+Each channel keeps a contiguous run of ids ``first..last``.  The number of
+channels, the events per channel and the memory overall are bounded: what
+an event is counted for is the memory its strings take (``sys.getsizeof``:
+a payload of non-Latin-1 text takes two or four bytes per character), and
+the total never exceeds :data:`TAIL_BYTES` once :meth:`TailCache.add`
+returns.  Over the budget, a channel's oldest events go first (so a channel
+of large events keeps its newest ones), then the least recently used
+channels; an event larger than the whole budget is not kept at all.
 
 Layer rule: a domain module; memory only, no SQL, no HTTP.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -22,6 +28,9 @@ from eventbus.model import ChannelKey, Event
 TAIL_EVENTS = 256
 TAIL_CHANNELS = 4096
 TAIL_BYTES = 32 * 1024 * 1024
+#: What an event costs beside its strings: the tuple, its id and timestamp,
+#: and a slot in its run's list.
+EVENT_OVERHEAD = 128
 
 
 class _Run:
@@ -58,14 +67,25 @@ class TailCache:
         for event in events:
             self._add_one(key, event)
         run = self._runs.get(key)
-        if run is not None and len(run.events) > self.per_channel:
-            cut = len(run.events) - self.per_channel
-            weight = sum(_weight(e) for e in run.events[:cut])
+        if run is not None:
+            self._trim(key, run)
+        self._evict()
+
+    def _trim(self, key: ChannelKey, run: _Run) -> None:
+        """Cut a run's oldest events beyond its count, or beyond the whole
+        budget (this channel alone); drop it if nothing is left."""
+        cut = max(0, len(run.events) - self.per_channel)
+        weight = sum(_weight(e) for e in run.events[:cut])
+        while cut < len(run.events) and run.size - weight > self.max_bytes:
+            weight += _weight(run.events[cut])
+            cut += 1
+        if cut:
             del run.events[:cut]
             run.first += cut
             run.size -= weight
             self._bytes -= weight
-        self._evict()
+        if not run.events:
+            del self._runs[key]
 
     def holds(self, key: ChannelKey) -> bool:
         """Whether this channel has recent events in memory (it is being read)."""
@@ -78,14 +98,26 @@ class TailCache:
         self._runs.move_to_end(key)
         return run.events[event_id - run.first]
 
-    def after(self, key: ChannelKey, cursor: int, limit: int) -> list[Event]:
-        """Cached events cursor+1, cursor+2, ... (at most ``limit``), in order."""
+    def after(self, key: ChannelKey, cursor: int, limit: int, max_bytes: int | None = None) -> list[Event]:
+        """Cached events cursor+1, cursor+2, ... in order: at most ``limit``,
+        and (if given) ``max_bytes`` by their weight, but at least one."""
         run = self._runs.get(key)
         if run is None or not run.first <= cursor + 1 <= run.last:
             return []
         self._runs.move_to_end(key)
         start = cursor + 1 - run.first
-        return run.events[start : start + limit]
+        events = run.events[start : start + limit]
+        if max_bytes is not None:
+            total = 0
+            for n, event in enumerate(events):
+                total += _weight(event)
+                if n and total > max_bytes:
+                    return events[:n]
+        return events
+
+    def size(self) -> int:
+        """The weight of every event held (for tests)."""
+        return self._bytes
 
     def _add_one(self, key: ChannelKey, event: Event) -> None:
         run = self._runs.get(key)
@@ -109,4 +141,4 @@ class TailCache:
 
 
 def _weight(event: Event) -> int:
-    return len(event.payload) + len(event.issuer) + 64
+    return sys.getsizeof(event.payload) + sys.getsizeof(event.issuer) + EVENT_OVERHEAD

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from eventbus.model import ChannelKey, Event
 from eventbus.notifier import Notifier, Subscriber, Subscription
+from eventbus.storage.pages import PAGE_BYTES
 
 log = Logger()
 
@@ -49,9 +50,12 @@ log = Logger()
 #: at no visible cost in latency, which is dominated by the commit and by
 #: the clients reading a thousand sockets).
 FLUSH_S = 0.010
-#: Most events written to the members in one write: a member whose client
-#: stops reading is left with at most this much beyond its socket buffer.
+#: Most events, and most bytes (but at least one event), written to the
+#: members in one write: a member whose client stops reading is left with
+#: at most this much beyond its socket buffer, and a group holds at most
+#: this much pending.
 FLUSH_EVENTS = 100
+FLUSH_BYTES = PAGE_BYTES
 
 #: Slack in comparing times, so a timer that fires a rounding error early
 #: does not reschedule itself for no time at all.
@@ -147,6 +151,8 @@ class _Group(Subscriber):
         self.cursor: int | None = cursor
         self.base = cursor
         self.frames: list[bytes] = []
+        #: Bytes in ``frames``.
+        self.pending = 0
         self.members: dict[Member, defer.Deferred[None]] = {}
         self._subscription: Subscription | None = None
         self._flush_call: IDelayedCall | None = None
@@ -173,8 +179,10 @@ class _Group(Subscriber):
         """The notifier's delivery: the events right after the last one known."""
         if self._closed:
             return
-        self.frames.extend(self.owner.render(self.key[0], self.key[1], events))
-        if len(self.frames) >= FLUSH_EVENTS:
+        frames = self.owner.render(self.key[0], self.key[1], events)
+        self.frames.extend(frames)
+        self.pending += sum(map(len, frames))
+        if len(self.frames) >= FLUSH_EVENTS or self.pending >= FLUSH_BYTES:
             self._flush()
         elif self._flush_call is None:
             self._flush_call = self.owner.reactor.callLater(self.owner.flush_s, self._flush)
@@ -186,9 +194,17 @@ class _Group(Subscriber):
             self._flush_call = None
         left: list[Member] = []
         while self.frames and not self._closed:
-            frames = self.frames[:FLUSH_EVENTS]
-            del self.frames[:FLUSH_EVENTS]
+            count, size = 1, len(self.frames[0])
+            while (
+                count < min(FLUSH_EVENTS, len(self.frames)) and size + len(self.frames[count]) <= FLUSH_BYTES
+            ):
+                size += len(self.frames[count])
+                count += 1
+            frames = self.frames[:count]
+            del self.frames[:count]
             self._write(frames, left)
+            del frames
+        self.pending = sum(map(len, self.frames))
         for member in left:
             self._leave(member)
 
@@ -266,3 +282,4 @@ class _Group(Subscriber):
                 call.cancel()
         self._flush_call = self._beat_call = None
         self.frames = []
+        self.pending = 0

@@ -19,9 +19,12 @@ import sys
 from typing import IO, Any, cast
 
 from twisted.internet import task
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from eventbus.http.render import error_body
+from eventbus.http.wire import drop_unsent
 
 #: How long we keep reading (and discarding) an oversized upload after the
 #: 413 so the client reads our answer instead of a connection reset.
@@ -109,6 +112,12 @@ class JsonErrorChannel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._respondToBadRequestAndDisconnect()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # What the client never took is of no use now; do not keep it until
+        # the transport object happens to be collected.
+        drop_unsent(self.transport)
+        super().connectionLost(reason)
 
 
 #: ``--access-log`` values that are not a path.

@@ -67,13 +67,15 @@ from eventbus.http.wire import BodyWriter
 from eventbus.model import MAX_ID, Event, render_event, render_events
 from eventbus.notifier import Notifier
 from eventbus.retry import retrying
-from eventbus.storage.events import PAGE_SIZE, EventStore
+from eventbus.storage.events import EventStore
+from eventbus.storage.pages import PAGE_BYTES, PAGE_SIZE, Page
 
 log = Logger()
 
 #: Events per store read.  Smaller than the history endpoint's page: an SSE
-#: stream is long-lived and a slow one holds up to a page in memory, so this
-#: bounds what many slow clients cost (100 events of 10 KB: 1 MB each).
+#: stream is long-lived and catches up in smaller steps.  Either page is also
+#: cut at :data:`~eventbus.storage.pages.PAGE_BYTES` of payload, which is
+#: what bounds a slow client's cost whatever the events' sizes.
 PAGE_EVENTS = 100
 
 CONTENT_TYPE = b"text/event-stream"
@@ -103,16 +105,23 @@ async def stream_history(
     request.registerProducer(pacer, True)
     try:
         request.write(b"[")
-        separator = b""
+        first = True
         while after < head and remaining > 0:
             await pacer.ready()
             page = await store.page(context, channel, after, head, min(PAGE_SIZE, remaining))
             if not page:
                 break
-            request.write(separator + b",".join(render_event(context, channel, e) for e in page))
-            separator = b","
+            parts = [render_event(context, channel, e) for e in page]
+            if not first:
+                parts.insert(0, b"")  # a leading comma
+            first = False
+            request.write(b",".join(parts))
+            del parts
             after = page[-1].id
             remaining -= len(page)
+            # While the client drains it, the page is in the transport's
+            # buffer only (and a disconnect meanwhile leaves nothing here).
+            del page
         request.write(b"]")
     except EventBusError:
         # The 200 and part of the array are out: the only honest signal
@@ -122,7 +131,8 @@ async def stream_history(
         cast(Any, request.channel).transport.abortConnection()
         await request.notifyFinish()
     finally:
-        if request.producer is not None:
+        # After a disconnect the request has no channel left to tell.
+        if request.producer is not None and request.channel is not None:
             request.unregisterProducer()
 
 
@@ -180,7 +190,7 @@ class EventStreams:
             # Only what is published from now on; the notifier wait that
             # follows catches anything committed since this read.
             after = await self.store.head(context, channel)
-            first: list[Event] = []
+            first = Page()
         else:
             first = await self.store.page(context, channel, after, MAX_ID + 1, PAGE_EVENTS)
         request.setHeader(b"Content-Type", CONTENT_TYPE)
@@ -188,13 +198,14 @@ class EventStreams:
         request.setHeader(b"X-Accel-Buffering", b"no")
         if request.method == b"HEAD":
             return
-        stream = _Stream(self, request, context, channel, after)
+        stream = _Stream(self, request, context, channel, after, first)
+        del first  # the stream holds it until it is written, and no longer
         self._open.add(stream)
         request.registerProducer(stream.pacer, True)
         stream.writer.no_delay()
         try:
             stream.write(OPENING)
-            await stream.run(first)
+            await stream.run()
         except defer.CancelledError:
             raise
         except Exception:
@@ -218,9 +229,11 @@ class _Stream:
     """The state of one open stream: where it is, and when it last wrote."""
 
     def __init__(
-        self, streams: EventStreams, request: Request, context: str, channel: str, cursor: int
+        self, streams: EventStreams, request: Request, context: str, channel: str, cursor: int, page: Page
     ) -> None:
         self.streams = streams
+        #: The first page, read before the 200 was sent; written by :meth:`run`.
+        self.first: Page | None = page
         self.request = request
         self.context = context
         self.channel = channel
@@ -245,36 +258,44 @@ class _Stream:
         self.write(b"".join(frames(self.context, self.channel, events)))
         self.cursor = events[-1].id
 
-    async def run(self, page: list[Event]) -> None:
+    async def run(self) -> None:
         store, notifier = self.streams.store, self.streams.notifier
         broadcaster = self.streams.broadcaster
         ctx, chan = self.context, self.channel
+        page: list[Event] = self.first or []
+        behind = self.first is not None and self.first.cut
+        self.first = None
         while True:
-            behind = len(page) == PAGE_EVENTS
             if page:
                 self.write_events(page)
+            # While the client drains it, the page is in the transport's
+            # buffer only: one page per stream, and nothing left here for a
+            # disconnect to strand.
+            page = []
             await self.pacer.ready()
             if not behind:
                 # Near the head: what the notifier already holds in memory
                 # (one read or one publish serves every stream), else the
                 # group, which follows the channel from exactly our cursor
                 # (so nothing the memory lacks is skipped).
-                page = notifier.recent(ctx, chan, self.cursor, PAGE_EVENTS)
+                page = notifier.recent(ctx, chan, self.cursor, PAGE_EVENTS, PAGE_BYTES)
                 if page:
                     continue
                 left = broadcaster.join(ctx, chan, self)
                 if left is not None:
                     # Until our client stops reading; then on by ourselves.
                     await left
-                    page = []
                     continue
                 # The group is already past us: read what we miss.
-            page = await retrying(
+            read = await retrying(
                 self.streams.reactor,
                 partial(store.page, ctx, chan, self.cursor, MAX_ID + 1, PAGE_EVENTS),
                 what=f"SSE stream of {ctx}/{chan}",
                 between=self._keep_alive,
             )
+            behind = read.cut
+            page = read
+            del read
 
     def _keep_alive(self) -> None:
         """While the database is away: a keep-alive once the stream has been

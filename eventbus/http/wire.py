@@ -11,9 +11,17 @@ whose buffer then fills and pauses the response's producer as usual: flow
 control is unchanged.  Anything it does not know (TLS, a transport that is
 not a plain TCP socket, a response that is not chunked) goes the usual way.
 
-Layer rule: the HTTP layer.  This module reads Twisted transport internals
-(``dataBuffer``, ``offset``, ``_tempDataLen``), the one place that does;
-tests/unit/test_private_apis.py fails if they change.
+:func:`drop_unsent` lets go of what a lost connection still had buffered:
+Twisted keeps it until the transport object itself is freed, which after a
+disconnect is often only at the garbage collector's next full pass (the
+transport is referenced from the traceback of the cancellation, which
+refers back to itself), so a client that stopped reading would strand its
+last page in memory for as long.
+
+Layer rule: the HTTP layer.  This module reads and resets Twisted transport
+internals (``dataBuffer``, ``offset``, ``_tempDataBuffer``, ``_tempDataLen``),
+the one place that does; tests/unit/test_private_apis.py fails if they
+change.
 """
 
 from __future__ import annotations
@@ -62,25 +70,36 @@ class BodyWriter:
         ):
             request.write(data)
             return
-        chunk = _chunk(data)
+        # The chunk's framing and the data go out in one sendmsg, so the data
+        # is never copied (a broadcast writes the same bytes to every member).
+        head = b"%x\r\n" % len(data)
         try:
-            sent = self.socket.send(chunk)
+            sent = self.socket.sendmsg((head, data, b"\r\n"))
         except OSError:
             sent = 0  # EAGAIN; a real error is met again by the transport
         request.sentLength += len(data)
-        if sent < len(chunk):
-            transport.write(chunk[sent:])
+        if sent < len(head) + len(data) + 2:
+            transport.writeSequence(_unsent((head, data, b"\r\n"), sent))
 
 
-#: The last body framed as a chunk and its chunk: a broadcast writes the same
-#: bytes to many streams in a row, so they are framed once.
-_last_chunk: tuple[bytes, bytes] = (b"", b"")
+def _unsent(pieces: tuple[bytes, ...], sent: int) -> list[bytes]:
+    """What is left of ``pieces`` after their first ``sent`` bytes went out."""
+    rest = []
+    for piece in pieces:
+        if sent >= len(piece):
+            sent -= len(piece)
+            continue
+        rest.append(piece[sent:] if sent else piece)
+        sent = 0
+    return rest
 
 
-def _chunk(data: bytes) -> bytes:
-    global _last_chunk
-    if _last_chunk[0] is data:
-        return _last_chunk[1]
-    chunk = b"%x\r\n%s\r\n" % (len(data), data)
-    _last_chunk = (data, chunk)
-    return chunk
+def drop_unsent(transport: Any) -> None:
+    """The connection is lost: free the bytes still waiting in its write buffer."""
+    if transport is None or transport.connected:
+        return
+    if all(hasattr(transport, a) for a in ("dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen")):
+        transport.dataBuffer = b""
+        transport.offset = 0
+        transport._tempDataBuffer = []
+        transport._tempDataLen = 0

@@ -34,13 +34,13 @@ from twisted.python.failure import Failure
 
 from eventbus.errors import Unavailable
 from eventbus.model import ChannelKey, Event
+from eventbus.storage import pages
 from eventbus.storage.database import Database, Row, is_outage, select_list, within
 from eventbus.storage.notify import notify_sql
+from eventbus.storage.pages import CHANNEL_ID, PAGE_BYTES, PAGE_SIZE, Page
 
 log = Logger()
 
-#: Events fetched per round trip when streaming a channel.
-PAGE_SIZE = 1000
 #: Group commit: at most this many transactions of appends in flight per
 #: process, and at most this many events in one of them.
 MAX_FLUSHES_IN_FLIGHT = 2
@@ -91,8 +91,6 @@ def event_columns(alias: str) -> str:
 
 
 EVENT_COLUMNS = event_columns("e")
-#: The channel's row id, from the ``context`` and ``channel`` parameters.
-CHANNEL_ID = "(SELECT id FROM channels WHERE context = %(context)s AND channel = %(channel)s)"
 
 #: ``on_append(context, channel, events)``: told of every committed append.
 AppendObserver = Callable[[str, str, list[Event]], None]
@@ -246,13 +244,18 @@ class EventStore:
         """The first event with id > cursor (ids are gap-free, so: id cursor+1)."""
         return await self.event(context, channel, cursor + 1)
 
-    async def events_by_id(self, context: str, channel: str, ids: Iterable[int]) -> dict[int, Event]:
-        """Several events of one channel in one round trip (used to wake waiters)."""
-        rows = await self.database.query(
-            f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.channel_id = {CHANNEL_ID} AND e.id = ANY(%(ids)s)",
-            {"context": context, "channel": channel, "ids": sorted(ids)},
-        )
-        return {row[0]: Event(*row) for row in rows}
+    async def events_by_id(
+        self,
+        context: str,
+        channel: str,
+        ids: Iterable[int],
+        ahead: Iterable[int] = (),
+        max_bytes: int = PAGE_BYTES,
+    ) -> dict[int, Event]:
+        """Several events of one channel (used to wake waiters): every one of
+        ``ids`` that exists, and of ``ahead`` (a read-ahead) those that fit,
+        in id order, within ``max_bytes`` of payload."""
+        return await pages.by_id(self.database, context, channel, set(ids), ahead, max_bytes)
 
     async def head(self, context: str, channel: str) -> int:
         """The channel's last committed id (0 for a channel never written)."""
@@ -273,16 +276,18 @@ class EventStore:
         return int(rows[0][0]) if rows else None
 
     async def page(
-        self, context: str, channel: str, after: int, upto: int, limit: int = PAGE_SIZE
-    ) -> list[Event]:
-        """Events with after < id <= upto, in id order, at most ``limit``."""
-        rows = await self.database.query(
-            f"SELECT {EVENT_COLUMNS} FROM events e"
-            f" WHERE e.channel_id = {CHANNEL_ID} AND e.id > %(after)s AND e.id <= %(upto)s"
-            " ORDER BY e.id LIMIT %(limit)s",
-            {"context": context, "channel": channel, "after": after, "upto": upto, "limit": limit},
-        )
-        return [Event(*row) for row in rows]
+        self,
+        context: str,
+        channel: str,
+        after: int,
+        upto: int,
+        limit: int = PAGE_SIZE,
+        max_bytes: int = PAGE_BYTES,
+    ) -> Page:
+        """Events with after < id <= upto, in id order: at most ``limit``, and
+        no more than ``max_bytes`` of payload (but at least one event); the
+        payloads left out are never fetched (:mod:`.pages`)."""
+        return await pages.page(self.database, context, channel, after, upto, limit, max_bytes)
 
 
 class _Append:

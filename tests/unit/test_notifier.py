@@ -16,6 +16,7 @@ from eventbus.errors import Unavailable
 from eventbus.model import Event
 from eventbus.notifier import WAKE_RETRY_S, Notifier, Subscriber, Wake, WakeKind
 from eventbus.storage.notify import Notification, decode
+from eventbus.storage.pages import Page
 
 CTX = "ctx"
 
@@ -54,9 +55,9 @@ class FakeStore:
             await gate
         return seen
 
-    async def events_by_id(self, context: str, channel: str,
-                           ids: Iterable[int]) -> dict[int, Event]:
-        wanted = frozenset(ids)
+    async def events_by_id(self, context: str, channel: str, ids: Iterable[int],
+                           ahead: Iterable[int] = ()) -> dict[int, Event]:
+        wanted = frozenset(ids) | frozenset(ahead)
         self.by_id_calls.append((context, channel, wanted))
         if self.gate is not None:
             gate, self.gate = self.gate, None
@@ -68,7 +69,7 @@ class FakeStore:
         return {i: chan[i] for i in wanted if i in chan}
 
     async def page(self, context: str, channel: str, after: int, upto: int,
-                   limit: int) -> list[Event]:
+                   limit: int) -> Page:
         self.page_calls.append((channel, after))
         if self.gate is not None:
             gate, self.gate = self.gate, None
@@ -77,7 +78,8 @@ class FakeStore:
             self.failures -= 1
             raise Unavailable("database unavailable")
         chan = self.events.get((context, channel), {})
-        return [chan[i] for i in sorted(chan) if after < i <= upto][:limit]
+        found = [chan[i] for i in sorted(chan) if after < i <= upto]
+        return Page(found[:limit], cut=len(found) > limit)
 
     def reads_of(self, channel: str) -> list[frozenset[int]]:
         return [ids for (_, ch, ids) in self.by_id_calls if ch == channel]
