@@ -23,6 +23,26 @@ def vm_rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(pid: int, quiet_s: float = 0.3, timeout: float = 60.0) -> None:
+    """Wait until a process has used (almost) no CPU for ``quiet_s``: it has
+    handled what it was sent (for requests that give no answer to wait for)."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = cpu_seconds(pid)
+        if now - before <= quiet_s * 0.05:
+            return
+        before = now
+    raise AssertionError(f"process {pid} still busy after {timeout} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

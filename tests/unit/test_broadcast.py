@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from eventbus.http.broadcast import FLUSH_EVENTS, FLUSH_S, Broadcaster
+from eventbus.http.broadcast import FLUSH_BYTES, FLUSH_EVENTS, FLUSH_S, Broadcaster
 from eventbus.model import Event
 from eventbus.notifier import Subscriber
 
@@ -216,3 +216,39 @@ def test_a_member_silent_longer_than_the_group_gets_its_keepalive_on_time(
     join(broadcaster, stale)  # silent for 0.9 heartbeat already
     clock.advance(HEARTBEAT_S * 0.1)
     assert stale.writes == [KEEPALIVE] and fresh.writes == []
+
+
+def test_large_events_are_written_a_byte_budget_at_a_time_and_never_pile_up(clock, notifier):
+    """Frames of a third of the budget each: a group holds at most a budget
+    pending, writes at most a budget at a time (or one event, if larger),
+    and a member that stops reading gets nothing after the write that
+    filled its buffer."""
+    size = FLUSH_BYTES // 3
+
+    def render(context: str, channel: str, events: list[Event]) -> list[bytes]:
+        return [(b"%d|" % e.id).ljust(size - 1, b"_") + b"|" for e in events]
+
+    broadcaster = Broadcaster(notifier, clock, render, HEARTBEAT_S, KEEPALIVE)  # type: ignore[arg-type]
+    reader, stalled = FakeMember(clock, 0), FakeMember(clock, 0)
+    join(broadcaster, reader)
+    left = join(broadcaster, stalled)
+    original = stalled.send
+
+    def send(data: bytes) -> None:
+        original(data)
+        stalled.paused = True
+
+    stalled.send = send  # type: ignore[method-assign]
+    for i in range(1, 11):
+        notifier.publish(i)
+    clock.advance(FLUSH_S)
+    assert reader.ids == list(range(1, 11))
+    assert all(len(w) <= FLUSH_BYTES for w in reader.writes)
+    assert len(reader.writes) >= 4
+    assert stalled.ids == [1, 2, 3] and left.called
+    huge = Broadcaster(notifier, clock, lambda c, ch, evs: [b"%d|" % e.id + b"_" * 2 * FLUSH_BYTES + b"|" for e in evs],
+                       HEARTBEAT_S, KEEPALIVE)  # type: ignore[arg-type]
+    one = FakeMember(clock, 0)
+    join(huge, one)
+    notifier.publish(1, 2)
+    assert one.ids == [1, 2] and len(one.writes) == 2  # one event a write, at once

@@ -3,7 +3,7 @@
 Two places use them, each wrapped in one module: ``eventbus.__main__``
 (twistd's ``_SomeApplicationRunner``, to exit 0 after a clean SIGTERM) and
 ``eventbus.http.wire`` (a TCP transport's write buffer, to send SSE chunks
-straight to the socket).  A Twisted upgrade that changes them fails here,
+straight to the socket, and to free it when the connection is lost).  A Twisted upgrade that changes them fails here,
 not in production.
 """
 
@@ -13,6 +13,8 @@ import socket
 
 from twisted.internet import tcp
 from twisted.scripts import twistd
+
+from eventbus.http.wire import _unsent, drop_unsent
 
 
 def test_twistd_still_has_the_application_runner_python_m_eventbus_uses():
@@ -47,3 +49,75 @@ def test_a_tcp_transport_still_keeps_its_write_buffer_where_bodywriter_looks():
     finally:
         a.close()
         b.close()
+
+
+def test_a_lost_connections_unsent_bytes_are_freed_where_twisted_keeps_them():
+    """Twisted keeps a lost connection's write buffer for as long as the
+    transport object lives (after a disconnect, often until the garbage
+    collector's next full pass): drop_unsent must find and empty it."""
+    a, b = socket.socketpair()
+    try:
+        transport = tcp.Connection(a, protocol=None, reactor=_NoReactor())  # type: ignore[arg-type]
+        transport.connected = True
+        transport.write(b"x" * 4_000_000)
+        transport.doWrite()  # sends what the socket takes, keeps the rest in dataBuffer
+        transport.write(b"y" * 100_000)
+        assert transport._tempDataBuffer and transport.dataBuffer
+        drop_unsent(transport)
+        assert transport.dataBuffer and transport._tempDataBuffer, "dropped while still connected"
+        transport.connected = False
+        drop_unsent(transport)
+        assert transport.dataBuffer == b"" and transport.offset == 0
+        assert transport._tempDataBuffer == [] and transport._tempDataLen == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_what_a_partial_send_leaves_is_the_rest_of_the_pieces_in_order():
+    pieces = (b"5\r\n", b"hello", b"\r\n")
+    whole = b"".join(pieces)
+    for sent in range(len(whole) + 1):
+        assert b"".join(_unsent(pieces, sent)) == whole[sent:]
+    assert _unsent(pieces, 0)[1] is pieces[1]  # nothing copied when nothing went out
+
+
+def test_the_sites_channels_free_the_unsent_bytes_of_a_lost_connection():
+    """Wired where every connection ends: a client that stopped reading and
+    went away leaves nothing buffered behind."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionLost
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+    from twisted.web.resource import Resource
+
+    from eventbus.http.site import EventBusSite
+
+    site = EventBusSite(Resource(), max_body=1024, access_log="off", reactor=Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    channel.callLater = Clock().callLater  # its idle timeout, on a fake clock
+    listener = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(listener.getsockname())
+    b, _ = listener.accept()
+    listener.close()
+    try:
+        transport = tcp.Connection(a, protocol=channel, reactor=_AnyReactor())  # type: ignore[arg-type]
+        transport.connected = True
+        channel.makeConnection(transport)
+        transport.write(b"x" * 8_000_000)
+        transport.doWrite()
+        assert transport.dataBuffer
+        transport.connected = False
+        channel.connectionLost(Failure(ConnectionLost()))
+        assert transport.dataBuffer == b"" and transport._tempDataBuffer == []
+    finally:
+        a.close()
+        b.close()
+
+
+class _AnyReactor(_NoReactor):
+    def addReader(self, _: object) -> None:
+        pass
+
+    def removeReader(self, _: object) -> None:
+        pass
