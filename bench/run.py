@@ -100,10 +100,10 @@ def log(message: str) -> None:
 
 
 def _scenarios() -> dict[str, Callable[[Context], Result]]:
-    from bench.scenarios import batch, large_store, publish, sse, wake, waiters
+    from bench.scenarios import batch, large_store, memory, publish, sse, wake, waiters
 
     return {module.NAME: module.run
-            for module in (publish, batch, wake, waiters, large_store, sse)}
+            for module in (publish, batch, wake, waiters, large_store, sse, memory)}
 
 
 def missing_tools() -> list[str]:
