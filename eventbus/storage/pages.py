@@ -21,7 +21,10 @@ Layer rule: storage; SQL and nothing else.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable
+from itertools import accumulate
+from operator import itemgetter
 
 from eventbus.model import Event
 from eventbus.storage.database import Database, Row, select_list
@@ -68,6 +71,14 @@ PAYLOADS_SQL = (
 )
 
 
+#: Of a row of :data:`SLIM_COLUMNS`: the size, the payload (None if left
+#: out), the event's fields.  (Pages are the hot path of history and SSE:
+#: these keep the per-row work in C.)
+_SIZE = itemgetter(4)
+_PAYLOAD = itemgetter(3)
+_FIELDS = itemgetter(0, 1, 2, 3)
+
+
 class Page(list[Event]):
     """Events of one channel in id order, as :func:`page` read them.
 
@@ -105,13 +116,10 @@ async def page(
             "small": max(1, max_bytes // limit),
         },
     )
-    kept: list[Row] = []
-    total = 0
-    for row in rows[:limit]:
-        total += row[-1]
-        if kept and total > max_bytes:
-            break
-        kept.append(row)
+    kept = rows[:limit]
+    if sum(map(_SIZE, kept)) > max_bytes:
+        # The longest prefix within the budget, and at least one event.
+        kept = kept[: bisect_right(list(accumulate(map(_SIZE, kept))), max_bytes) or 1]
     return Page(await _complete(database, context, channel, kept), cut=len(kept) < len(rows))
 
 
@@ -144,6 +152,8 @@ async def by_id(
 async def _complete(database: Database, context: str, channel: str, rows: list[Row]) -> list[Event]:
     """The events of rows of :data:`SLIM_COLUMNS`, their large payloads
     fetched (one more round trip, only if there are any)."""
+    if None not in map(_PAYLOAD, rows):
+        return list(map(Event._make, map(_FIELDS, rows)))
     large = [row[0] for row in rows if row[3] is None]
     payloads: dict[int, str] = {}
     if large:
