@@ -253,8 +253,11 @@ class Consumers:
         if not await self.store.delete(context, channel, name):
             raise NotFound(f"no consumer {name} on {context}/{channel}")
 
-    async def dead(self, context: str, channel: str, name: str) -> list[DeadEvent]:
-        return await self.store.dead(context, channel, name)
+    async def dead(
+        self, context: str, channel: str, name: str, after: int = 0
+    ) -> tuple[list[DeadEvent], bool]:
+        """Dead letters after ``after``, a page (bounded in bytes), and whether more follow."""
+        return await self.store.dead(context, channel, name, after)
 
     async def retry(self, context: str, channel: str, name: str, event_id: int) -> None:
         await self.store.retry(context, channel, name, event_id)

@@ -26,6 +26,7 @@ from eventbus.consumers import (
 from eventbus.errors import InvalidInput, NotFound
 from eventbus.http import params, render
 from eventbus.http.router import Router
+from eventbus.http.streams import stream_array
 from eventbus.model import MAX_ID, MODES, ConsumerConfig, Start
 
 #: The fields of a consumer's configuration (``PUT``).
@@ -118,12 +119,19 @@ class ConsumersResource:
         return render.no_content(request)
 
     @router.route("/consumers/<context>/<channel>/<name>/dead", methods=["GET"])
-    async def dead(self, request: Request, context: str, channel: str, name: str) -> bytes:
-        found = await self.consumers.dead(context, channel, name)
-        return render.body(
-            request,
-            b"[" + b",".join(render.leased(context, channel, d.event, d.deliveries) for d in found) + b"]",
-        )
+    async def dead(self, request: Request, context: str, channel: str, name: str) -> None:
+        after, more = 0, True
+
+        async def next_page() -> list[bytes]:
+            nonlocal after, more
+            if not more:
+                return []
+            found, more = await self.consumers.dead(context, channel, name, after)
+            if found:
+                after = found[-1].event.id
+            return [render.leased(context, channel, d.event, d.deliveries) for d in found]
+
+        await stream_array(request, next_page, f"dead letters of {context}/{channel}/{name}")
 
     @router.route("/consumers/<context>/<channel>/<name>/dead/<event_id>/retry", methods=["POST"])
     async def retry(self, request: Request, context: str, channel: str, name: str, event_id: str) -> bytes:

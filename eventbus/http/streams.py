@@ -51,6 +51,7 @@ Layer rule: the HTTP layer.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
@@ -100,33 +101,45 @@ async def stream_history(
         first = await store.first_id_at(context, channel, start)
         after = head if first is None else first - 1
     remaining = limit if limit is not None else head
+
+    async def next_page() -> list[bytes]:
+        nonlocal after, remaining
+        if after >= head or remaining <= 0:
+            return []
+        page = await store.page(context, channel, after, head, min(PAGE_SIZE, remaining))
+        if page:
+            after, remaining = page[-1].id, remaining - len(page)
+        return [render_event(context, channel, e) for e in page]
+
+    await stream_array(request, next_page, f"history of {context}/{channel}")
+
+
+async def stream_array(request: Request, next_page: Callable[[], Awaitable[list[bytes]]], what: str) -> None:
+    """Write a JSON array of the elements ``next_page`` returns, a page at a
+    time, until it returns none.  The first page is read before the ``200``
+    (its errors are the answer); each next one only once the client has
+    taken the previous one, which is then held by the connection's buffer
+    only: one page per client, whatever the array's length."""
+    parts = await next_page()
     request.setHeader(b"Content-Type", JSON)
     pacer = Pacer()
     request.registerProducer(pacer, True)
     try:
         request.write(b"[")
-        first = True
-        while after < head and remaining > 0:
-            await pacer.ready()
-            page = await store.page(context, channel, after, head, min(PAGE_SIZE, remaining))
-            if not page:
-                break
-            parts = [render_event(context, channel, e) for e in page]
-            if not first:
+        comma = False
+        while parts:
+            if comma:
                 parts.insert(0, b"")  # a leading comma
-            first = False
             request.write(b",".join(parts))
+            comma = True
             del parts
-            after = page[-1].id
-            remaining -= len(page)
-            # While the client drains it, the page is in the transport's
-            # buffer only (and a disconnect meanwhile leaves nothing here).
-            del page
+            await pacer.ready()
+            parts = await next_page()
         request.write(b"]")
     except EventBusError:
         # The 200 and part of the array are out: the only honest signal
         # left is to cut the connection so the client sees a truncation.
-        log.warn("aborting a history stream of {context}/{channel}", context=context, channel=channel)
+        log.warn("aborting the {what}", what=what)
         request.unregisterProducer()
         cast(Any, request.channel).transport.abortConnection()
         await request.notifyFinish()

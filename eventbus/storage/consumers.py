@@ -29,9 +29,8 @@ conditions when it updates that row, so whichever commits first wins and the
 other sees it (an ack of a lease that was just taken over matches no row:
 409).
 
-Layer rule: storage; SQL and nothing else.  The leasing *rules* are not
-here: :meth:`ConsumerStore.lease` is handed the pure ``choose`` of
-:mod:`eventbus.consumers`.
+Layer rule: storage; SQL and nothing else.  The leasing *rules* are not here:
+:meth:`ConsumerStore.lease` is handed the pure ``choose`` of :mod:`eventbus.consumers`.
 """
 
 from __future__ import annotations
@@ -45,12 +44,11 @@ from eventbus.model import (
     ConsumerConfig,
     ConsumerStatus,
     DeadEvent,
-    Event,
     Leased,
     LeaseOutcome,
 )
+from eventbus.storage import pages
 from eventbus.storage.database import Cursor, Database, select_list
-from eventbus.storage.events import event_columns
 from eventbus.storage.notify import STATE_CHANGED, notify_sql
 
 #: How often one leasing transaction re-reads when an ack or nack changed its
@@ -126,7 +124,7 @@ _BACKLOG_COLUMNS = select_list(
     "   WHEN e.state = 'available' AND e.available_at > %(now)s THEN e.available_at"
     " END) - %(now)s)::float8",
 )
-_DEAD_EVENT_COLUMNS = event_columns("ev")
+_DEAD_EVENT_COLUMNS = pages.slim_columns("ev")
 
 
 class ConsumerStore:
@@ -311,22 +309,25 @@ class ConsumerStore:
         )
         return [ConsumerStatus(*row) for row in rows]
 
-    async def dead(self, context: str, channel: str, name: str) -> list[DeadEvent]:
-        """The dead-lettered events of a consumer in id order; 404 if unknown."""
-        p = {"context": context, "channel": channel, "name": name}
+    async def dead(
+        self, context: str, channel: str, name: str, after: int = 0, limit: int = pages.PAGE_SIZE
+    ) -> tuple[list[DeadEvent], bool]:
+        """Dead letters after ``after`` by id, a page (:mod:`.pages`) and whether more follow."""
+        p = {"context": context, "channel": channel, "name": name, "after": after}
         rows = await self.database.query(
-            f"SELECT e.deliveries, {_DEAD_EVENT_COLUMNS}"
-            " FROM consumers c"
+            f"SELECT {_DEAD_EVENT_COLUMNS}, e.deliveries FROM consumers c"
             " JOIN channels ch ON ch.context = c.context AND ch.channel = c.channel"
             " JOIN consumer_events e ON e.consumer_id = c.id"
             " JOIN events ev ON ev.channel_id = ch.id AND ev.id = e.event_id"
-            f" WHERE {_CONSUMER} AND {_DEAD.format(now=_STATEMENT_NOW)}"
-            " ORDER BY e.event_id",
-            p,
+            f" WHERE {_CONSUMER} AND {_DEAD.format(now=_STATEMENT_NOW)} AND e.event_id > %(after)s"
+            " ORDER BY e.event_id LIMIT %(limit)s",
+            {**p, "limit": limit + 1, "small": max(1, pages.PAGE_BYTES // limit)},
         )
-        if not rows and not await self._exists(p):
+        if not rows and not after and not await self._exists(p):
             raise NotFound(f"no consumer {name} on {context}/{channel}")
-        return [DeadEvent(event=Event(*row[1:]), deliveries=row[0]) for row in rows]
+        kept = pages.within(rows[:limit], pages.PAGE_BYTES)
+        events = await pages.complete(self.database, context, channel, kept)
+        return [DeadEvent(e, row[-1]) for e, row in zip(events, kept, strict=False)], len(kept) < len(rows)
 
     async def retry(self, context: str, channel: str, name: str, event_id: int) -> None:
         """Make a dead event available again with its deliveries reset; 404

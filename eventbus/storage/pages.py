@@ -39,23 +39,28 @@ PAGE_BYTES = 1024 * 1024
 
 #: The channel's row id, from the ``context`` and ``channel`` parameters.
 CHANNEL_ID = "(SELECT id FROM channels WHERE context = %(context)s AND channel = %(channel)s)"
-#: Octets of the payload of ``events e`` (a stored generated column,
-#: migration 6: PostgreSQL cannot tell the length of a json value without
-#: reading it, which for a large payload means fetching it from TOAST).
-PAYLOAD_SIZE = "e.payload_size"
 
-#: An event's columns, the payload only if it is at most ``%(small)s``
-#: octets (else NULL), then the payload's size.
-SLIM_COLUMNS = (
-    select_list(
-        Event,
-        id="e.id",
-        timestamp="extract(epoch FROM e.ts)::float8",
-        issuer="e.issuer",
-        payload=f"CASE WHEN {PAYLOAD_SIZE} <= %(small)s THEN e.payload::text END",
+
+def slim_columns(e: str) -> str:
+    """The columns of an :class:`Event` from ``events <e>``, its payload only
+    if it is at most ``%(small)s`` octets (else NULL), then its size: what
+    :func:`within` and :func:`complete` take.  The size is a stored
+    generated column (migration 6): PostgreSQL cannot tell the length of a
+    json value without reading it, from TOAST for a large one."""
+    size = f"{e}.payload_size"
+    return (
+        select_list(
+            Event,
+            id=f"{e}.id",
+            timestamp=f"extract(epoch FROM {e}.ts)::float8",
+            issuer=f"{e}.issuer",
+            payload=f"CASE WHEN {size} <= %(small)s THEN {e}.payload::text END",
+        )
+        + f", {size} AS size"
     )
-    + f", {PAYLOAD_SIZE} AS size"
-)
+
+
+SLIM_COLUMNS = slim_columns("e")
 PAGE_SQL = (
     f"/* eventbus_page */ SELECT {SLIM_COLUMNS} FROM events e"
     f" WHERE e.channel_id = {CHANNEL_ID} AND e.id > %(after)s AND e.id <= %(upto)s"
@@ -71,7 +76,7 @@ PAYLOADS_SQL = (
 )
 
 
-#: Of a row of :data:`SLIM_COLUMNS`: the size, the payload (None if left
+#: Of a row of :func:`slim_columns`: the size, the payload (None if left
 #: out), the event's fields.  (Pages are the hot path of history and SSE:
 #: these keep the per-row work in C.)
 _SIZE = itemgetter(4)
@@ -116,11 +121,8 @@ async def page(
             "small": max(1, max_bytes // limit),
         },
     )
-    kept = rows[:limit]
-    if sum(map(_SIZE, kept)) > max_bytes:
-        # The longest prefix within the budget, and at least one event.
-        kept = kept[: bisect_right(list(accumulate(map(_SIZE, kept))), max_bytes) or 1]
-    return Page(await _complete(database, context, channel, kept), cut=len(kept) < len(rows))
+    kept = within(rows[:limit], max_bytes)
+    return Page(await complete(database, context, channel, kept), cut=len(kept) < len(rows))
 
 
 async def by_id(
@@ -146,12 +148,21 @@ async def by_id(
         total += row[-1]
         if row[0] in ids or total <= max_bytes:
             kept.append(row)
-    return {event.id: event for event in await _complete(database, context, channel, kept)}
+    return {event.id: event for event in await complete(database, context, channel, kept)}
 
 
-async def _complete(database: Database, context: str, channel: str, rows: list[Row]) -> list[Event]:
-    """The events of rows of :data:`SLIM_COLUMNS`, their large payloads
-    fetched (one more round trip, only if there are any)."""
+def within(rows: list[Row], max_bytes: int) -> list[Row]:
+    """The longest prefix of rows of :func:`slim_columns` within ``max_bytes``
+    of payload, and at least one row."""
+    if sum(map(_SIZE, rows)) <= max_bytes:
+        return rows
+    return rows[: bisect_right(list(accumulate(map(_SIZE, rows))), max_bytes) or 1]
+
+
+async def complete(database: Database, context: str, channel: str, rows: list[Row]) -> list[Event]:
+    """The events of rows of :func:`slim_columns` (further columns are
+    ignored), their large payloads fetched (one more round trip, only if
+    there are any); a prefix if an event has gone meanwhile."""
     if None not in map(_PAYLOAD, rows):
         return list(map(Event._make, map(_FIELDS, rows)))
     large = [row[0] for row in rows if row[3] is None]
@@ -160,7 +171,7 @@ async def _complete(database: Database, context: str, channel: str, rows: list[R
         found = await database.query(PAYLOADS_SQL, {"context": context, "channel": channel, "ids": large})
         payloads = dict(found)
     events = []
-    for event_id, timestamp, issuer, payload, _ in rows:
+    for event_id, timestamp, issuer, payload, *_ in rows:
         if payload is None:
             payload = payloads.get(event_id)
             if payload is None:

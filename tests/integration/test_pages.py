@@ -1,7 +1,7 @@
 """Reads of runs of events are bounded in bytes: the store against a real
 PostgreSQL (storage/pages.py).
 
-Each read is checked for what it returns (a prefix of the range, in order,
+Each read (pages, wake-up reads, a consumer's dead letters) is checked for what it returns (a prefix of the range, in order,
 payloads exactly as published, at most the budget or one event) and for
 what the database sent to get it: the payloads left out of a page are never
 fetched.
@@ -15,8 +15,10 @@ from typing import Any, AsyncIterator
 
 import pytest_twisted
 
+from eventbus.storage.consumers import ConsumerStore
 from eventbus.storage.migrate import migrate
 from eventbus.storage.pages import PAGE_BYTES
+from tests.client import request
 from tests.inprocess import Publisher
 
 CTX = "pages"
@@ -131,3 +133,30 @@ async def test_a_wake_up_read_always_has_the_events_waited_for_and_reads_ahead_w
     assert all(found[i].payload == big[i - 1] for i in found)
     everything = await store.events.events_by_id(CTX, channel_name, {1, 2, 3, 4, 5}, ())
     assert sorted(everything) == [1, 2, 3, 4, 5]  # waited for: never cut
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_letters_are_listed_in_full_a_bounded_page_at_a_time(server, store, channel_name):
+    """A consumer's dead letters (GET .../dead) are read like the history:
+    pages within the byte budget, streamed; the list is whole and in order."""
+    big = [payload(400 * KB, n) for n in range(1, 6)]
+    await publish(store, channel_name, big)
+    base = server.url(f"/consumers/{CTX}/{channel_name}/poison")
+    assert (await request("PUT", base, json_body={"max_deliveries": 1})).code == 201
+    for _ in big:  # a nack of the last allowed delivery dead-letters it
+        leased = await request("POST", f"{base}/next?timeout=0")
+        assert leased.code == 200, leased
+        nacked = await request("POST", f"{base}/nack", json_body={"lease": leased.json()["lease"]})
+        assert nacked.code == 204
+    listed = await request("GET", f"{base}/dead")
+    assert listed.code == 200
+    assert [(d["event"]["id"], d["deliveries"]) for d in listed.json()] == [(n, 1) for n in range(1, 6)]
+    assert [json.dumps(d["event"]["payload"]) for d in listed.json()] == [
+        json.dumps(json.loads(p)) for p in big]
+    consumers = ConsumerStore(store.database)
+    first, more = await consumers.dead(CTX, channel_name, "poison")
+    assert [d.event.id for d in first] == [1, 2] and more
+    rest, more = await consumers.dead(CTX, channel_name, "poison", after=4)
+    assert [d.event.id for d in rest] == [5] and not more
+    unknown = await request("GET", server.url(f"/consumers/{CTX}/{channel_name}/nobody/dead"))
+    assert unknown.code == 404
