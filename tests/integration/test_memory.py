@@ -17,7 +17,6 @@ import os
 import socket
 import time
 from base64 import b64encode
-from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
@@ -140,7 +139,7 @@ def rounds(server: ServerProcess, channel: str) -> list[tuple[int, int]]:
 @pytest.mark.timeout(300)
 @pytest_twisted.ensureDeferred
 async def test_readers_that_never_read_cost_a_page_each_and_give_it_back_when_they_go(
-        server, big_channel, tmp_path: Path):
+        server, big_channel):
     figures = await threads.deferToThread(rounds, server, big_channel)
     report = ", ".join(f"+{c // MIB} MiB connected, +{a // MIB} MiB after" for c, a in figures)
     print(report)
