@@ -242,7 +242,10 @@ class TokenCache:
                 while len(self._unknown) > MAX_UNKNOWN:
                     self._unknown.popitem(last=False)
             return None
-        principal = _principal(record)
+        try:
+            principal = _principal(record)
+        except InvalidInput:
+            return None  # a row written by hand, with scopes we cannot read
         if current:
             self._add(record, principal)
         return None if _expired(record, self.reactor.seconds()) else principal

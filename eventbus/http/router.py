@@ -75,8 +75,9 @@ CHALLENGE = b'Bearer realm="eventbus"'
 INVALID_TOKEN_CHALLENGE = b'Bearer realm="eventbus", error="invalid_token"'
 
 #: What a route needs: nothing (``PUBLIC``), or one of these actions on the
-#: context and channel of its path (without both in the path: some scope
-#: with one of them; the handler checks the object itself).
+#: context and channel of its path.  A route without both in its path (ids,
+#: lists, ``POST /subscriptions``) declares the action for the reader and
+#: its handler checks each object's context and channel itself.
 Need = tuple[Action, ...]
 PUBLIC: Need = ()
 
@@ -160,10 +161,10 @@ class Router(Klein):
             raise TypeError(f"route {url} must declare need= (PUBLIC or the actions it needs)")
         register = super().route(url, *args, branch=branch, **kwargs)
         names = {var: kind for var, kind in NAME_VARIABLES.items() if f"<{var}>" in url}
-        scoped = "<context>" in url and "<channel>" in url
+        scoped = bool(need) and "<context>" in url and "<channel>" in url
 
         def deco(f: F) -> F:
-            if not names and not need:
+            if not names and not scoped:
                 register(f)
                 return f
 
@@ -171,14 +172,8 @@ class Router(Klein):
             def checked(instance: Any, request: Request, **kw: Any) -> Any:
                 for var, kind in names.items():
                     check_name(kind, kw[var])
-                if need:
-                    principal = access.principal_of(request)
-                    if scoped:
-                        access.authorize(request, need, kw["context"], kw["channel"])
-                    elif not any(principal.may_any(a) for a in need):
-                        raise Forbidden(
-                            f"token {principal.token!r} has no {need[0].value} scope", scope=need[0].value
-                        )
+                if scoped:
+                    access.authorize(request, need, kw["context"], kw["channel"])
                 return f(instance, request, **kw)
 
             register(checked)
