@@ -238,3 +238,23 @@ async def test_no_token_nor_its_digest_in_any_log_line(secure, admin, dsn, chann
         assert secret not in logs
         assert auth.digest(secret) not in logs
         assert secret[4:20] not in logs
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_command_line_shares_the_embedded_database_of_a_running_server(tmp_path, channel_name):
+    data_dir = tmp_path / "data"
+    server = ServerProcess(["--data-dir", str(data_dir), "--auth", "required"], tmp_path).start()
+    try:
+        token = await create_token("embedded", "publish:*/*", data_dir=str(data_dir))
+        r = await call("POST", server.url(f"/events/auth/{channel_name}"), token, json_body={"a": 1},
+                       headers={"X-EVENT-ISSUER": "e"})
+        assert r.code == 201, r
+        await token_cli_async("revoke", "embedded", data_dir=str(data_dir))
+        # the command's exit left the server's PostgreSQL running
+        assert (await get(server.url("/health"))).code == 200
+        deadline = time.monotonic() + DEADLINE_S
+        while (await call("GET", server.url(f"/events/auth/{channel_name}"), token)).code != 401:
+            assert time.monotonic() < deadline, "the revoked token still works"
+            await sleep(0.05)
+    finally:
+        assert server.stop() == 0
