@@ -234,6 +234,7 @@ async def test_no_token_nor_its_digest_in_any_log_line(secure, admin, dsn, chann
     await sleep(0.5)  # the batched access log writes every 0.2 s
     logs = access_log.read_text() + secure.log_path.read_text()
     assert "access_token=[redacted]" in logs
+    assert "Traceback" not in secure.log_path.read_text()  # nothing above failed inside the server
     for secret in (token, admin):
         assert secret not in logs
         assert auth.digest(secret) not in logs
