@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import hashlib
 import ipaddress
 import re
@@ -185,6 +186,7 @@ def publishing_issuer(principal: Principal, sent: str | None) -> str:
 PROXY_HEADERS = (b"Forwarded", b"X-Forwarded-For", b"X-Real-IP")
 
 
+@functools.lru_cache(maxsize=4096)  # parsing an address is most of a local request's check
 def is_loopback(host: str | None) -> bool:
     """An IP address in 127.0.0.0/8 or ::1 (IPv4-mapped included); None means
     a unix socket, which is local too."""
