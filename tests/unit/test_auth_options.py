@@ -54,3 +54,21 @@ def test_auth_off_warns_only_when_a_port_reaches_beyond_loopback():
     assert open_warning(parse("--listen", "tcp:1").settings()) is None  # local mode
     warning = open_warning(parse("--auth", "off", "--listen", "unix:/x", "--listen", "tcp:1").settings())
     assert warning is not None and "tcp:1" in warning and "unix" not in warning
+
+
+def test_building_the_server_with_auth_off_on_an_open_port_logs_the_warning():
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import globalLogPublisher
+
+    from eventbus.tap import build
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        build(parse("--auth", "off", "--dsn", "dbname=x", "--listen", "tcp:1").settings(), MemoryReactorClock())
+        build(parse("--auth", "off", "--dsn", "dbname=x", "--listen", "tcp:1:interface=127.0.0.1").settings(),
+              MemoryReactorClock())
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    warnings = [e for e in seen if "--auth off" in str(e.get("warning", ""))]
+    assert len(warnings) == 1 and warnings[0]["log_level"].name == "warn"
