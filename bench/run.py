@@ -100,16 +100,16 @@ def log(message: str) -> None:
 
 
 def _scenarios() -> dict[str, Callable[[Context], Result]]:
-    from bench.scenarios import batch, large_store, memory, publish, sse, wake, waiters
+    from bench.scenarios import batch, large_store, memory, publish, publish_auth, sse, wake, waiters
 
     return {module.NAME: module.run
-            for module in (publish, batch, wake, waiters, large_store, sse, memory)}
+            for module in (publish, publish_auth, batch, wake, waiters, large_store, sse, memory)}
 
 
 def missing_tools() -> list[str]:
     notes = []
     if reason := wrk.missing():
-        notes.append(f"{reason}: scenarios publish and batch will be skipped, "
+        notes.append(f"{reason}: scenarios publish, publish-auth and batch will be skipped, "
                      "and the throughput part of waiters")
     if reason := procs.nchan_missing():
         notes.append(f"Nchan {reason}: reference C will be reported as not installed")

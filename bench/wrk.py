@@ -21,6 +21,7 @@ wrk.method = "POST"
 wrk.body = [==[{body}]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-EVENT-ISSUER"] = "bench"
+{extra_headers}
 local prefix = "{prefix}"
 local channels = {channels}
 local counter = 0
@@ -48,7 +49,8 @@ def missing() -> Optional[str]:
 
 
 def post(port: int, prefix: str, body: bytes, *, channels: int, connections: int,
-         seconds: int, threads: int, workdir: Path, tag: str) -> dict:
+         seconds: int, threads: int, workdir: Path, tag: str,
+         headers: Optional[dict[str, str]] = None) -> dict:
     """POST ``body`` for ``seconds`` over ``connections`` keep-alive connections.
 
     Returns requests/s and error counts; ``bad_status`` counts answers that
@@ -57,7 +59,9 @@ def post(port: int, prefix: str, body: bytes, *, channels: int, connections: int
     if b"]==]" in body:
         raise ValueError("body must not contain the Lua long-bracket terminator")
     script = workdir / f"wrk-{tag}.lua"
-    script.write_text(_SCRIPT.format(body=body.decode(), prefix=prefix, channels=channels))
+    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    script.write_text(_SCRIPT.format(body=body.decode(), prefix=prefix, channels=channels,
+                                     extra_headers=extra))
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
            f"--timeout={REQUEST_TIMEOUT_S}s", "-s", str(script), f"http://127.0.0.1:{port}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)

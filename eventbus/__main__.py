@@ -1,6 +1,8 @@
-"""``python -m eventbus [options]``: the same as ``twistd -n eventbus [options]``.
+"""``python -m eventbus [options]``: the same as ``twistd -n eventbus [options]``;
+``python -m eventbus token ...``: the subcommands of :mod:`eventbus.cli`.
 
-Layer rule: the entry point; imports only :mod:`eventbus.service` (and twistd).
+Layer rule: the entry point; imports only :mod:`eventbus.service` and
+:mod:`eventbus.cli` (and twistd).
 """
 
 from __future__ import annotations
@@ -8,8 +10,17 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+#: First arguments that name a subcommand rather than a server option
+#: (:data:`eventbus.cli.COMMANDS`; repeated so the server's start imports no click).
+SUBCOMMANDS = ("token",)
+
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in SUBCOMMANDS:
+        from eventbus import cli
+
+        cli.run(argv)
+        return 0
     from twisted.application import app
     from twisted.scripts import twistd
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from twisted.python import usage
 
+from eventbus.auth import LOCAL, MODES, OFF, is_loopback
 from eventbus.http.site import ACCESS_LOG_TWISTD
 
 
@@ -48,6 +50,13 @@ class Settings:
     webhook_lease: float = 15.0
     #: Factor on every webhook retry delay (a testing aid).
     webhook_retry_scale: float = 1.0
+    #: Who needs a token: "local" (all but loopback), "required" (all), "off".
+    auth: str = LOCAL
+    #: Most long polls, consumer ``next`` and SSE streams one client (a token,
+    #: else a peer address) holds open at once; 0: no limit.
+    max_held_per_client: int = 1000
+    #: Origins (``https://app.example.com``) whose web apps may call the API.
+    cors_origin: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -57,6 +66,7 @@ class Settings:
             key = f.name.replace("_", "-")
             values[f.name] = options[key]
         values["listen"] = tuple(values["listen"])
+        values["cors_origin"] = tuple(values["cors_origin"])
         values["dsn"] = values["dsn"] or None
         values["webhook_allow_private"] = bool(values["webhook_allow_private"])
         return cls(**values)
@@ -90,6 +100,12 @@ class Options(usage.Options):
         ["webhook-lease", None, DEFAULTS.webhook_lease,
          "Seconds a process's claim on a webhook subscription holds without renewal;"
          " another process takes over this long after the owner died.", float],
+        ["auth", None, DEFAULTS.auth,
+         "Who needs a token: 'local' (every request but those from loopback without"
+         " proxy headers), 'required' (every request) or 'off' (no checks)."],
+        ["max-held-per-client", None, DEFAULTS.max_held_per_client,
+         "Most long polls, consumer next and SSE streams one client (a token, else a"
+         " peer address) holds open at once; 0: no limit.", int],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
@@ -100,10 +116,20 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["cors-origin"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """A Twisted endpoint string to serve HTTP on (repeatable; default tcp:33002)."""
         self["listen"].append(endpoint)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """An origin (https://app.example.com) whose web apps may call the API from
+        a browser (repeatable; none by default)."""
+        if not _ORIGIN.match(origin):
+            raise usage.UsageError(
+                f"--cors-origin must be scheme://host[:port] (http or https, no path), got {origin!r}"
+            )
+        self["cors-origin"].append(origin.lower())
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -122,6 +148,45 @@ class Options(usage.Options):
             raise usage.UsageError("--webhook-retry-scale must be positive")
         if not 1 <= self["webhook-lease"] <= 3600:
             raise usage.UsageError("--webhook-lease must be from 1 to 3600 seconds")
+        if self["auth"] not in MODES:
+            raise usage.UsageError(f"--auth must be one of {', '.join(MODES)}")
+        if self["max-held-per-client"] < 0:
+            raise usage.UsageError("--max-held-per-client must be 0 (no limit) or more")
 
     def settings(self) -> Settings:
         return Settings.from_options(self)
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
+
+
+def beyond_loopback(endpoint: str) -> bool:
+    """Does this ``--listen`` endpoint accept connections from other machines?
+
+    ``unix:`` never does; ``tcp:``/``ssl:`` do unless their ``interface`` is
+    a loopback address; any other kind is assumed to.
+    """
+    parts = re.split(r"(?<!\\):", endpoint)
+    kind = parts[0].lower()
+    if kind == "unix":
+        return False
+    interface = None
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            interface = part[len("interface=") :].replace("\\", "")
+    if interface is None:
+        return True
+    return interface.lower() != "localhost" and not is_loopback(interface)
+
+
+def open_warning(settings: Settings) -> str | None:
+    """The start-up warning of ``--auth off`` on a port other machines reach."""
+    if settings.auth != OFF:
+        return None
+    exposed = [e for e in settings.listen if beyond_loopback(e)]
+    if not exposed:
+        return None
+    return (
+        f"--auth off: no access control, and {', '.join(exposed)} accepts connections from"
+        " other machines: anyone who reaches it may publish, read and manage everything"
+    )

@@ -37,3 +37,31 @@ class TooLarge(EventBusError):
 
 class Unavailable(EventBusError):
     """The database cannot be reached, or did not answer in time."""
+
+
+class Unauthorized(EventBusError):
+    """No valid token: none was presented where one is needed, or the one
+    presented is unknown, expired or revoked."""
+
+    def __init__(self, message: str, *, token_sent: bool) -> None:
+        super().__init__(message)
+        #: Whether the request carried a token (the answer then says it was invalid).
+        self.token_sent = token_sent
+
+
+class Forbidden(EventBusError):
+    """A valid token that does not allow this request."""
+
+    def __init__(self, message: str, *, scope: str | None = None) -> None:
+        super().__init__(message)
+        #: The scope that would have allowed it (e.g. ``publish:mkp/INVOICE``).
+        self.scope = scope
+
+
+class TooManyRequests(EventBusError):
+    """A client holds as many open requests as it may; it should retry later."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        #: Seconds after which a retry may succeed.
+        self.retry_after = retry_after

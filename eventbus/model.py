@@ -203,3 +203,20 @@ class SubscriptionState:
     #: The process delivering it now (None: nobody holds a live lease).
     owner: str | None
     channels: list[ChannelState] = field(default_factory=list)
+
+
+# -- access tokens ---------------------------------------------------------------------
+class TokenRecord(NamedTuple):
+    """A stored access token: never the secret, only its digest."""
+
+    name: str
+    #: SHA-256 of the token, hex.
+    digest: str
+    #: ``ACTION:CONTEXT/CHANNEL`` texts (:mod:`eventbus.auth` parses them).
+    scopes: tuple[str, ...]
+    #: Issuers it may publish under; None: any.
+    issuers: tuple[str, ...] | None
+    created: float
+    expires: float | None
+    #: Coarse: written at most once a minute per token per process.
+    last_used: float | None

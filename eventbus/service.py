@@ -23,6 +23,7 @@ from eventbus.storage.database import Database
 from eventbus.storage.embedded import EmbeddedPostgres
 from eventbus.storage.migrate import migrate
 from eventbus.storage.notify import Listener
+from eventbus.tokens import TokenCache
 
 log = Logger()
 
@@ -198,3 +199,20 @@ class ListenerService(service.Service):
     def stopService(self) -> None:
         service.Service.stopService(self)
         self.listener.stop()
+
+
+class TokenCacheService(service.Service):
+    """Loads every access token before the ports open; stops its expiry timers."""
+
+    name = "tokens"
+
+    def __init__(self, cache: TokenCache) -> None:
+        self.cache = cache
+
+    def startService(self) -> defer.Deferred:
+        service.Service.startService(self)
+        return defer.ensureDeferred(self.cache.load())
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        self.cache.stop()

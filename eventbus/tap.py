@@ -14,20 +14,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.logger import Logger
 
-from eventbus.config import Options, Settings
+from eventbus.config import Options, Settings, open_warning
 from eventbus.consumers import Consumers
+from eventbus.http.access import Gate
 from eventbus.http.api import make_root
 from eventbus.http.site import EventBusSite
 from eventbus.http.streams import EventStreams
 from eventbus.notifier import Notifier
-from eventbus.service import DatabaseService, EmbeddedPostgresService, ListenerService, SequentialService
+from eventbus.service import (
+    DatabaseService,
+    EmbeddedPostgresService,
+    ListenerService,
+    SequentialService,
+    TokenCacheService,
+)
 from eventbus.storage.consumers import ConsumerStore
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.storage.notify import Listener
+from eventbus.storage.tokens import TokenStore
 from eventbus.storage.webhooks import WebhookStore
+from eventbus.tokens import Holds, TokenCache, TokenService
 from eventbus.webhooks.service import WebhookService
+
+log = Logger()
 
 __all__ = ["Options", "Parts", "assemble", "build", "makeService"]
 
@@ -47,6 +59,7 @@ class Parts:
     consumers: Consumers
     webhooks: WebhookService
     streams: EventStreams
+    tokens: TokenCache
     site: EventBusSite
 
 
@@ -56,7 +69,17 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     events = EventStore(database)
     notifier = Notifier(reactor, events, own_pids=database.backend_pids)
     events.on_append = notifier.published
-    listener = Listener(reactor, database.dsn, notifier.on_notification, notifier.resync)
+    token_store = TokenStore(database)
+    holds = Holds(settings.max_held_per_client)
+    token_cache = TokenCache(reactor, token_store, holds)
+
+    def recovered() -> None:
+        notifier.resync()
+        token_cache.changed()
+
+    listener = Listener(
+        reactor, database.dsn, notifier.on_notification, recovered, on_token_changed=token_cache.changed
+    )
     consumers = Consumers(reactor, ConsumerStore(database), events, notifier)
     webhooks = WebhookService(
         reactor,
@@ -77,9 +100,11 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         consumers=consumers,
         webhooks=webhooks,
         max_batch=settings.max_batch,
+        tokens=TokenService(token_store),
+        gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
     )
     site = EventBusSite(resource, max_body=settings.max_body, access_log=settings.access_log, reactor=reactor)
-    return Parts(database, events, notifier, listener, consumers, webhooks, streams, site)
+    return Parts(database, events, notifier, listener, consumers, webhooks, streams, token_cache, site)
 
 
 def build(settings: Settings, reactor: Any | None = None) -> service.IService:
@@ -90,6 +115,9 @@ def build(settings: Settings, reactor: Any | None = None) -> service.IService:
         reactor = default_reactor
     assert reactor is not None
     parts = assemble(settings, reactor)
+    warning = open_warning(settings)
+    if warning is not None:
+        log.warn("{warning}", warning=warning)
 
     def use_dsn(dsn: str) -> None:
         parts.database.dsn = parts.listener.dsn = dsn
@@ -99,6 +127,8 @@ def build(settings: Settings, reactor: Any | None = None) -> service.IService:
         EmbeddedPostgresService(settings.data_dir, use_dsn).setServiceParent(root)
     DatabaseService(parts.database, reactor).setServiceParent(root)
     ListenerService(parts.listener).setServiceParent(root)
+    # After the listener: a change made after the load is heard.
+    TokenCacheService(parts.tokens).setServiceParent(root)
     # After the listener (it starts after the database and stops before it),
     # before the ports (they stop first, so no request reaches it stopped).
     parts.webhooks.setServiceParent(root)

@@ -10,15 +10,18 @@ given and builds none of them (``eventbus.tap`` wires the objects).
 from __future__ import annotations
 
 from eventbus.consumers import Consumers
+from eventbus.http.access import Gate
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
+from eventbus.http.tokens import TokensResource
 from eventbus.notifier import Notifier
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
+from eventbus.tokens import TokenService
 from eventbus.webhooks.service import WebhookService
 
 
@@ -31,12 +34,16 @@ def make_root(
     consumers: Consumers,
     webhooks: WebhookService | None,
     max_batch: int,
+    tokens: TokenService | None = None,
+    gate: Gate | None = None,
 ) -> Root:
-    return Root(
-        {
-            b"health": HealthResource(database).router.resource(),
-            b"events": EventsResource(events, notifier, streams, max_batch).router.resource(),
-            b"consumers": ConsumersResource(consumers).router.resource(),
-            b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
-        }
-    )
+    """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
+    apps = {
+        b"health": HealthResource(database).router.resource(),
+        b"events": EventsResource(events, notifier, streams, max_batch).router.resource(),
+        b"consumers": ConsumersResource(consumers).router.resource(),
+        b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
+    }
+    if tokens is not None:
+        apps[b"tokens"] = TokensResource(tokens).router.resource()
+    return Root(apps, gate)

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
+from eventbus.auth import Action
 from eventbus.consumers import (
     DEFAULT_LEASE_S,
     DEFAULT_MAX_DELIVERIES,
@@ -24,7 +25,7 @@ from eventbus.consumers import (
     Consumers,
 )
 from eventbus.errors import InvalidInput, NotFound
-from eventbus.http import params, render
+from eventbus.http import access, params, render
 from eventbus.http.router import Router
 from eventbus.http.streams import stream_array
 from eventbus.model import MAX_ID, MODES, ConsumerConfig, Start
@@ -74,42 +75,44 @@ class ConsumersResource:
     def __init__(self, consumers: Consumers) -> None:
         self.consumers = consumers
 
-    @router.route("/consumers/<context>/<channel>", methods=["GET"])
+    @router.route("/consumers/<context>/<channel>", methods=["GET"], need=(Action.CONSUME, Action.MANAGE))
     async def list_consumers(self, request: Request, context: str, channel: str) -> bytes:
         found = await self.consumers.of_channel(context, channel)
         return render.body(request, b"[" + b",".join(render.consumer_status(s) for s in found) + b"]")
 
-    @router.route("/consumers/<context>/<channel>/<name>", methods=["PUT"])
+    @router.route("/consumers/<context>/<channel>/<name>", methods=["PUT"], need=(Action.MANAGE,))
     async def put_consumer(self, request: Request, context: str, channel: str, name: str) -> bytes:
         config = consumer_config(params.body(request))
         created, status = await self.consumers.configure(context, channel, name, config)
         return render.body(request, render.consumer_status(status), 201 if created else 200)
 
-    @router.route("/consumers/<context>/<channel>/<name>", methods=["GET"])
+    @router.route(
+        "/consumers/<context>/<channel>/<name>", methods=["GET"], need=(Action.CONSUME, Action.MANAGE)
+    )
     async def get_consumer(self, request: Request, context: str, channel: str, name: str) -> bytes:
         status = await self.consumers.status(context, channel, name)
         return render.body(request, render.consumer_status(status))
 
-    @router.route("/consumers/<context>/<channel>/<name>", methods=["DELETE"])
+    @router.route("/consumers/<context>/<channel>/<name>", methods=["DELETE"], need=(Action.MANAGE,))
     async def delete_consumer(self, request: Request, context: str, channel: str, name: str) -> bytes:
         await self.consumers.delete(context, channel, name)
         return render.no_content(request)
 
-    @router.route("/consumers/<context>/<channel>/<name>/next", methods=["POST"])
+    @router.route("/consumers/<context>/<channel>/<name>/next", methods=["POST"], need=(Action.CONSUME,))
     async def next_event(self, request: Request, context: str, channel: str, name: str) -> bytes:
         timeout = params.timeout_param(params.query(request).get("timeout"))
-        delivery = await self.consumers.next(context, channel, name, timeout)
+        delivery = await access.held(request, lambda: self.consumers.next(context, channel, name, timeout))
         if delivery is None:
             return render.no_content(request)
         return render.body(request, render.delivery(context, channel, delivery))
 
-    @router.route("/consumers/<context>/<channel>/<name>/ack", methods=["POST"])
+    @router.route("/consumers/<context>/<channel>/<name>/ack", methods=["POST"], need=(Action.CONSUME,))
     async def ack(self, request: Request, context: str, channel: str, name: str) -> bytes:
         fields = params.object_body(params.body(request), ("lease",))
         await self.consumers.ack(context, channel, name, lease_token(fields))
         return render.no_content(request)
 
-    @router.route("/consumers/<context>/<channel>/<name>/nack", methods=["POST"])
+    @router.route("/consumers/<context>/<channel>/<name>/nack", methods=["POST"], need=(Action.CONSUME,))
     async def nack(self, request: Request, context: str, channel: str, name: str) -> bytes:
         fields = params.object_body(params.body(request), ("lease", "delay"))
         delay = 0.0
@@ -118,7 +121,9 @@ class ConsumersResource:
         await self.consumers.nack(context, channel, name, lease_token(fields), delay)
         return render.no_content(request)
 
-    @router.route("/consumers/<context>/<channel>/<name>/dead", methods=["GET"])
+    @router.route(
+        "/consumers/<context>/<channel>/<name>/dead", methods=["GET"], need=(Action.CONSUME, Action.MANAGE)
+    )
     async def dead(self, request: Request, context: str, channel: str, name: str) -> None:
         after, more = 0, True
 
@@ -133,7 +138,9 @@ class ConsumersResource:
 
         await stream_array(request, next_page, f"dead letters of {context}/{channel}/{name}")
 
-    @router.route("/consumers/<context>/<channel>/<name>/dead/<event_id>/retry", methods=["POST"])
+    @router.route(
+        "/consumers/<context>/<channel>/<name>/dead/<event_id>/retry", methods=["POST"], need=(Action.MANAGE,)
+    )
     async def retry(self, request: Request, context: str, channel: str, name: str, event_id: str) -> bytes:
         number = params.path_id(event_id)
         if number is None:

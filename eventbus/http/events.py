@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
+from eventbus.auth import Action, publishing_issuer
 from eventbus.errors import InvalidInput, NotFound, TooLarge
-from eventbus.http import params, render
+from eventbus.http import access, params, render
 from eventbus.http.router import Router
 from eventbus.http.streams import EventStreams, stream_history
 from eventbus.model import MAX_ID, render_event, render_events
@@ -33,9 +34,9 @@ class EventsResource:
         self.streams = streams
         self.max_batch = max_batch
 
-    @router.route("/events/<context>/<channel>", methods=["POST"])
+    @router.route("/events/<context>/<channel>", methods=["POST"], need=(Action.PUBLISH,))
     async def publish(self, request: Request, context: str, channel: str) -> bytes:
-        issuer = params.issuer(request)
+        issuer = publishing_issuer(access.principal_of(request), params.issuer(request))
         text, value = params.payload(params.body(request))
         if isinstance(value, list):
             return await self._publish_batch(request, context, channel, issuer, text, value)
@@ -59,7 +60,7 @@ class EventsResource:
         events = await self.store.append(context, channel, issuer, params.split_array(text))
         return render.body(request, b"[" + b",".join(render_events(context, channel, events)) + b"]", 201)
 
-    @router.route("/events/<context>/<channel>", methods=["GET"])
+    @router.route("/events/<context>/<channel>", methods=["GET"], need=(Action.READ,))
     async def read(self, request: Request, context: str, channel: str) -> bytes | None:
         query = params.query(request)
         # Every parameter given is checked, even one this mode ignores.
@@ -71,7 +72,9 @@ class EventsResource:
             if "start" in query:
                 raise InvalidInput("start and peek cannot be combined")
             cursor = params.int_param("peek", query["peek"], 0, MAX_ID)
-            return await self._peek(request, context, channel, cursor, timeout)
+            if timeout == 0:
+                return await self._peek(request, context, channel, cursor, timeout)
+            return await access.held(request, lambda: self._peek(request, context, channel, cursor, timeout))
         start = params.start_param(query["start"]) if "start" in query else None
         await stream_history(request, self.store, context, channel, start, limit)
         return None
@@ -86,7 +89,7 @@ class EventsResource:
             return render.no_content(request)
         return render.body(request, render_event(context, channel, event))
 
-    @router.route("/events/<context>/<channel>/stream", methods=["GET"])
+    @router.route("/events/<context>/<channel>/stream", methods=["GET"], need=(Action.READ,))
     async def stream(self, request: Request, context: str, channel: str) -> None:
         """Server-Sent Events; werkzeug ranks this static segment above <event_id>."""
         query = params.query(request)
@@ -96,9 +99,9 @@ class EventsResource:
         last_event_id = params.last_event_id(request)
         if last_event_id is not None:
             after = last_event_id  # a reconnect resumes where it stopped
-        await self.streams.serve(request, context, channel, after)
+        await access.held(request, lambda: self.streams.serve(request, context, channel, after))
 
-    @router.route("/events/<context>/<channel>/<event_id>", methods=["GET"])
+    @router.route("/events/<context>/<channel>/<event_id>", methods=["GET"], need=(Action.READ,))
     async def one(self, request: Request, context: str, channel: str, event_id: str) -> bytes:
         number = params.path_id(event_id)
         event = None if number is None else await self.store.event(context, channel, number)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.web.server import Request
 
 from eventbus.http import render
-from eventbus.http.router import Router
+from eventbus.http.router import PUBLIC, Router
 from eventbus.storage.database import Database
 
 
@@ -21,7 +21,7 @@ class HealthResource:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    @router.route("/health", methods=["GET"])
+    @router.route("/health", methods=["GET"], need=PUBLIC)
     async def health(self, request: Request) -> bytes:
         await self.database.ping()
         return render.json(request, {"status": "ok"})

@@ -102,8 +102,9 @@ def start_param(value: str) -> dt.datetime:
 
 
 # -- headers -------------------------------------------------------------------------------
-def issuer(request: Request) -> str:
-    """The publisher's name, from ``X-EVENT-ISSUER`` (or its alias)."""
+def issuer(request: Request) -> str | None:
+    """The publisher's name, from ``X-EVENT-ISSUER`` (or its alias); None if
+    neither is sent (:func:`eventbus.auth.publishing_issuer` decides)."""
     for name in ISSUER_HEADERS:
         values = request.requestHeaders.getRawHeaders(name)
         if values:
@@ -112,7 +113,7 @@ def issuer(request: Request) -> str:
             except UnicodeDecodeError:
                 raise InvalidInput("X-EVENT-ISSUER header is not valid UTF-8") from None
             return check_issuer(text, "X-EVENT-ISSUER header")
-    raise InvalidInput("missing X-EVENT-ISSUER header")
+    return None
 
 
 def last_event_id(request: Request) -> int | None:

@@ -29,18 +29,30 @@ from typing import Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
 
-from eventbus.errors import Conflict, EventBusError, InvalidInput, NotFound, TooLarge, Unavailable
-from eventbus.http import render
+from eventbus.auth import Action, redact
+from eventbus.errors import (
+    Conflict,
+    EventBusError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
+from eventbus.http import access, render
 from eventbus.model import check_name
 
 log = Logger()
@@ -50,14 +62,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: The HTTP status of each domain error.
 STATUS: dict[type[EventBusError], int] = {
     InvalidInput: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    TooManyRequests: 429,
     Unavailable: 503,
 }
+#: The ``WWW-Authenticate`` challenge of a 401 (RFC 6750).
+CHALLENGE = b'Bearer realm="eventbus"'
+INVALID_TOKEN_CHALLENGE = b'Bearer realm="eventbus", error="invalid_token"'
+
+#: What a route needs: nothing (``PUBLIC``), or one of these actions on the
+#: context and channel of its path.  A route without both in its path (ids,
+#: lists, ``POST /subscriptions``) declares the action for the reader and
+#: its handler checks each object's context and channel itself.
+Need = tuple[Action, ...]
+PUBLIC: Need = ()
 
 #: Path variables that hold names, and what the error message calls them.
-NAME_VARIABLES = {"context": "context", "channel": "channel", "name": "consumer name"}
+NAME_VARIABLES = {
+    "context": "context",
+    "channel": "channel",
+    "name": "consumer name",
+    "token_name": "token name",
+}
 
 
 def status_of(error: EventBusError) -> int:
@@ -72,7 +102,16 @@ def status_of(error: EventBusError) -> int:
 def domain_error(self: Any, request: IRequest, failure: Failure) -> bytes:
     error = failure.value
     assert isinstance(error, EventBusError)
-    return render.error(cast(Request, request), status_of(error), error.message)
+    return error_response(cast(Request, request), error)
+
+
+def error_response(request: Request, error: EventBusError) -> bytes:
+    """The answer to a domain error: its status, its headers, its JSON body."""
+    if isinstance(error, Unauthorized):
+        request.setHeader(b"WWW-Authenticate", INVALID_TOKEN_CHALLENGE if error.token_sent else CHALLENGE)
+    elif isinstance(error, TooManyRequests):
+        request.setHeader(b"Retry-After", b"%d" % error.retry_after)
+    return render.error(request, status_of(error), error.message)
 
 
 def routing_error(self: Any, request: IRequest, failure: Failure) -> bytes:
@@ -95,7 +134,7 @@ def _routing_error(request: Request, error: HTTPException) -> bytes:
 
 
 def unexpected(self: Any, request: IRequest, failure: Failure) -> bytes:
-    log.failure("unhandled error serving {uri}", failure, uri=request.uri)
+    log.failure("unhandled error serving {uri}", failure, uri=redact(request.uri.decode("latin-1")))
     return render.error(cast(Request, request), 500, "internal error")
 
 
@@ -104,7 +143,7 @@ def not_found(request: Request) -> bytes:
 
 
 class Router(Klein):
-    """A resource's Klein app: routes check their names, errors render here."""
+    """A resource's Klein app: routes check their names and access, errors render here."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,20 +151,30 @@ class Router(Klein):
         self.handle_errors(HTTPException)(routing_error)
         self.handle_errors(Exception)(unexpected)
 
-    def route(self, url: str, *args: Any, branch: bool = False, **kwargs: Any) -> Callable[[F], F]:
+    def route(
+        self, url: str, *args: Any, need: Need | None = None, branch: bool = False, **kwargs: Any
+    ) -> Callable[[F], F]:
+        """Klein's route, whose handler runs only once the path's names are
+        valid and the request may do one of the ``need`` actions (every
+        route says what it needs, if only ``PUBLIC``)."""
+        if need is None:
+            raise TypeError(f"route {url} must declare need= (PUBLIC or the actions it needs)")
         register = super().route(url, *args, branch=branch, **kwargs)
         names = {var: kind for var, kind in NAME_VARIABLES.items() if f"<{var}>" in url}
+        scoped = bool(need) and "<context>" in url and "<channel>" in url
 
         def deco(f: F) -> F:
-            if not names:
+            if not names and not scoped:
                 register(f)
                 return f
 
             @functools.wraps(f)
-            def checked(*a: Any, **kw: Any) -> Any:
+            def checked(instance: Any, request: Request, **kw: Any) -> Any:
                 for var, kind in names.items():
                     check_name(kind, kw[var])
-                return f(*a, **kw)
+                if scoped:
+                    access.authorize(request, need, kw["context"], kw["channel"])
+                return f(instance, request, **kw)
 
             register(checked)
             return f
@@ -134,13 +183,15 @@ class Router(Klein):
 
 
 class Root(Resource):
-    """Mounts each resource by its first path segment, after checking the path."""
+    """Mounts each resource by its first path segment, after checking the
+    path and admitting the request (:class:`~eventbus.http.access.Gate`)."""
 
     isLeaf = True
 
-    def __init__(self, apps: Mapping[bytes, Resource]) -> None:
+    def __init__(self, apps: Mapping[bytes, Resource], gate: access.Gate | None = None) -> None:
         super().__init__()
         self.apps = dict(apps)
+        self.gate = gate
 
     def render(self, request: Request) -> Any:
         # Klein's answer to these is plain text; ours is JSON.  An encoded
@@ -152,7 +203,44 @@ class Root(Resource):
             return render.error(request, 400, "request path is not valid UTF-8")
         if b"%2f" in request.path.lower():
             return render.error(request, 400, "a name in the request path contains an encoded '/'")
-        app = self.apps.get(request.postpath[0] if request.postpath else b"")
+        first = request.postpath[0] if request.postpath else b""
+        gate = self.gate
+        if gate is not None and first != PUBLIC_SEGMENT:
+            if gate.cors(request):
+                return render.no_content(request)  # a CORS preflight
+            try:
+                admitted = gate.admit(request)
+            except EventBusError as e:
+                return error_response(request, e)
+            if isinstance(admitted, defer.Deferred):
+                admitted.addCallbacks(
+                    lambda _: self._finish(request, self._dispatch(request, first)),
+                    lambda f: self._finish(request, self._refused(request, f)),
+                )
+                return NOT_DONE_YET
+        return self._dispatch(request, first)
+
+    def _dispatch(self, request: Request, first: bytes) -> Any:
+        app = self.apps.get(first)
         if app is None:
             return not_found(request)
         return app.render(request)
+
+    def _refused(self, request: Request, failure: Failure) -> bytes:
+        if isinstance(failure.value, EventBusError):
+            return error_response(request, failure.value)
+        log.failure("admitting a request to {uri} failed", failure, uri=redact(request.uri.decode("latin-1")))
+        return render.error(request, 500, "internal error")
+
+    def _finish(self, request: Request, result: Any) -> None:
+        if (
+            result is not NOT_DONE_YET
+            and not request.finished
+            and not getattr(request, "_disconnected", False)
+        ):
+            request.write(result)
+            request.finish()
+
+
+#: ``/health`` needs no token (and gets no CORS headers).
+PUBLIC_SEGMENT = b"health"

@@ -10,6 +10,10 @@ Requests twisted.web itself refuses as malformed (request line, header or
 body framing) get a JSON 400 from :class:`JsonErrorChannel`, so every error
 the server sends is JSON.
 
+Access log lines never carry a token: :func:`access_log_line` replaces
+every ``access_token=`` value and anything shaped like a token (in the
+request line or the ``Referer``) before a line is written anywhere.
+
 Layer rule: the HTTP layer; twisted.web plumbing only, no routes.
 """
 
@@ -23,6 +27,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from eventbus.auth import redact
 from eventbus.http.render import error_body
 from eventbus.http.wire import drop_unsent
 
@@ -166,6 +171,14 @@ class BatchedLogFile:
             self.stream.close()
 
 
+def access_log_line(timestamp: str, request: Any) -> str:
+    """Twisted's combined log format, with tokens redacted."""
+    line: str = http.combinedLogFormatter(timestamp, request)
+    if "ebt_" in line or "access_token" in line.lower():
+        line = redact(line)
+    return line
+
+
 class EventBusSite(server.Site):
     requestFactory = LimitedRequest
     # A plain channel rather than Twisted's HTTP/2-negotiating wrapper: we
@@ -175,7 +188,7 @@ class EventBusSite(server.Site):
     def __init__(self, resource: Any, *, max_body: int, access_log: str, **kwargs: Any) -> None:
         # Never parse form bodies into request.args: `curl --data` sends JSON
         # as application/x-www-form-urlencoded; we only read request.content.
-        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
+        super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=access_log_line, **kwargs)
         self.max_body = max_body
         self.access_log = access_log
 

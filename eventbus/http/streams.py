@@ -37,6 +37,13 @@ to ``cancel``): the cancellation reaches whichever Deferred the loop awaits
 timer; the producer's pause), and the ``finally`` unregisters the producer.
 Nothing else is held per stream.
 
+Revocation: a stream opened with a token is a held request
+(:func:`eventbus.http.access.held`); when its token is revoked or expires
+the loop is cancelled like on a disconnect, and the stream ends with one
+``event: error`` message (``data: {"error": "token revoked"}``) before the
+response is finished and the connection closed.  (``EventSource`` then
+reconnects, and is refused with a 401, which ends it.)
+
 Database outages: opening a stream reads the store before the ``200`` is
 sent, so an outage then is a ``503`` like on every endpoint.  Once the stream
 is open, an outage does not end it: the read is retried every
@@ -61,9 +68,10 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from eventbus.errors import EventBusError
+from eventbus.http import access
 from eventbus.http.broadcast import Broadcaster
 from eventbus.http.pacer import Pacer
-from eventbus.http.render import JSON
+from eventbus.http.render import JSON, error_body
 from eventbus.http.wire import BodyWriter
 from eventbus.model import MAX_ID, Event, render_event, render_events
 from eventbus.notifier import Notifier
@@ -207,7 +215,8 @@ class EventStreams:
         else:
             first = await self.store.page(context, channel, after, MAX_ID + 1, PAGE_EVENTS)
         request.setHeader(b"Content-Type", CONTENT_TYPE)
-        request.setHeader(b"Cache-Control", b"no-cache")
+        if not request.responseHeaders.hasHeader(b"Cache-Control"):  # a token's: private
+            request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
         if request.method == b"HEAD":
             return
@@ -220,7 +229,15 @@ class EventStreams:
             stream.write(OPENING)
             await stream.run()
         except defer.CancelledError:
-            raise
+            hold = access.hold_of(request)
+            if hold is None or hold.reason is None or request.channel is None:
+                raise
+            # The token died: say so, end the response, close the connection.
+            stream.write(b"event: error\ndata: " + error_body(hold.reason) + b"\n\n")
+            request.unregisterProducer()
+            transport = cast(Any, request.channel).transport
+            request.finish()
+            transport.loseConnection()
         except Exception:
             # The 200 is out, so no error response is possible: cut the
             # connection; the client reconnects with Last-Event-ID.

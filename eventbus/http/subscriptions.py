@@ -1,7 +1,9 @@
 """``/subscriptions``: webhook subscriptions, their status, delete and enable.
 
 Invariant: a subscription's secret is shown once, in the answer to its
-creation; no other answer carries it.
+creation; no other answer carries it.  A token sees and changes only the
+subscriptions whose context and channel it may ``manage`` (a ``*``
+subscription needs ``manage:<context>/*``); the list leaves the others out.
 
 Layer rule: the HTTP layer.
 """
@@ -12,12 +14,14 @@ from typing import Any
 
 from twisted.web.server import Request
 
+from eventbus.auth import Action
 from eventbus.errors import InvalidInput, NotFound
-from eventbus.http import params, render
+from eventbus.http import access, params, render
 from eventbus.http.router import Router
-from eventbus.model import ALL_CHANNELS, MAX_ID, Start, check_name
+from eventbus.model import ALL_CHANNELS, MAX_ID, Start, SubscriptionState, check_name
 from eventbus.webhooks.service import WebhookService
 
+MANAGE = (Action.MANAGE,)
 #: The fields of ``POST /subscriptions``.
 FIELDS = {"context", "channel", "url", "secret", "start"}
 
@@ -56,7 +60,15 @@ class SubscriptionsResource:
             raise NotFound("webhooks are not enabled on this server")
         return self.webhooks
 
-    @router.route("/subscriptions", methods=["POST"])
+    async def _managed(self, request: Request, sub_id: str) -> SubscriptionState:
+        """The subscription, if the request may manage it."""
+        states = await self._service().states(subscription_id(sub_id))
+        if not states:
+            raise NotFound(f"no subscription {sub_id[:40]!r}")
+        access.authorize(request, MANAGE, states[0].context, states[0].channel)
+        return states[0]
+
+    @router.route("/subscriptions", methods=["POST"], need=MANAGE)
     async def create(self, request: Request) -> bytes:
         webhooks = self._service()
         _, body = params.payload(params.body(request))
@@ -74,32 +86,37 @@ class SubscriptionsResource:
         if secret is not None and not isinstance(secret, str):
             raise InvalidInput("secret must be a string")
         start = start_field(body.get("start"), channel)
+        access.authorize(request, MANAGE, context, channel)
         state, secret = await webhooks.create(context, channel, url, secret, start)
         request.setHeader(b"Location", f"/subscriptions/{state.id}".encode())
         return render.json(request, render.subscription(state, secret), 201)
 
-    @router.route("/subscriptions", methods=["GET"])
+    @router.route("/subscriptions", methods=["GET"], need=MANAGE)
     async def list_all(self, request: Request) -> bytes:
         states = await self._service().states()
-        return render.json(request, [render.subscription(s) for s in states])
+        principal = access.principal_of(request)
+        return render.json(
+            request,
+            [render.subscription(s) for s in states if principal.may(Action.MANAGE, s.context, s.channel)],
+        )
 
-    @router.route("/subscriptions/<sub_id>", methods=["GET"])
+    @router.route("/subscriptions/<sub_id>", methods=["GET"], need=MANAGE)
     async def get(self, request: Request, sub_id: str) -> bytes:
-        states = await self._service().states(subscription_id(sub_id))
-        if not states:
-            raise NotFound(f"no subscription {sub_id[:40]!r}")
-        return render.json(request, render.subscription(states[0]))
+        state = await self._managed(request, sub_id)
+        return render.json(request, render.subscription(state))
 
-    @router.route("/subscriptions/<sub_id>", methods=["DELETE"])
+    @router.route("/subscriptions/<sub_id>", methods=["DELETE"], need=MANAGE)
     async def delete(self, request: Request, sub_id: str) -> bytes:
+        await self._managed(request, sub_id)
         if not await self._service().delete(subscription_id(sub_id)):
             raise NotFound(f"no subscription {sub_id[:40]!r}")
         return render.no_content(request)
 
-    @router.route("/subscriptions/<sub_id>/enable", methods=["POST"])
+    @router.route("/subscriptions/<sub_id>/enable", methods=["POST"], need=MANAGE)
     async def enable(self, request: Request, sub_id: str) -> bytes:
         sid = subscription_id(sub_id)
         webhooks = self._service()
+        await self._managed(request, sub_id)
         if not await webhooks.enable(sid):
             raise NotFound(f"no subscription {sub_id[:40]!r}")
         states = await webhooks.states(sid)

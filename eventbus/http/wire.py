@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.web.server import Request
 
 
@@ -41,9 +42,15 @@ class BodyWriter:
         self.request = request
         self.transport: Any = getattr(request.channel, "transport", None)
         sock = getattr(self.transport, "socket", None)
-        # Only a plain TCP transport with the buffer attributes we check.
-        if getattr(self.transport, "TLS", True) or not all(
-            hasattr(self.transport, a) for a in ("dataBuffer", "offset", "_tempDataLen")
+        # Only a plain TCP transport with the buffer attributes we check.  A
+        # TLS connection's transport is a protocol wrapper that forwards
+        # unknown attributes (``socket`` included) to the TCP connection
+        # beneath it, so it is recognised by its class, not its attributes:
+        # writing to that socket would bypass the encryption.
+        if (
+            not isinstance(self.transport, tcp.Connection)
+            or getattr(self.transport, "TLS", True)
+            or not all(hasattr(self.transport, a) for a in ("dataBuffer", "offset", "_tempDataLen"))
         ):
             sock = None
         self.socket: Any = sock

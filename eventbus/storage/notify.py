@@ -9,8 +9,15 @@ never for a rollback) to every server process listening:
 * ``head`` = 0: no new event, but the channel's consumer state changed (a
   nack, retry, ordered ack or ``PUT`` made an event leasable).
 
-This module is the only place that writes (:func:`notify_sql`) or reads
-(:func:`decode`) that text.  Notifications sent while the LISTEN connection
+Access tokens travel on a second notification channel, ``eventbus_tokens``
+(:data:`TOKENS_CHANNEL`), whose payload is the name of the token that was
+created or revoked: it cannot be mistaken for a channel's announcement, and
+processes that do not know tokens never hear it.  Each process reloads its
+token cache when it does (:func:`tokens_notify_sql` writes it).
+
+This module is the only place that writes (:func:`notify_sql`,
+:func:`tokens_notify_sql`) or reads (:func:`decode`, :class:`Listener`)
+that text.  Notifications sent while the LISTEN connection
 is down are lost: :class:`Listener` re-arms itself after reconnecting and
 tells its owner, who must then re-read whatever it waits for.
 
@@ -33,6 +40,8 @@ log = Logger()
 
 #: The one PostgreSQL notification channel of the event bus.
 NOTIFY_CHANNEL = "eventbus"
+#: The notification channel of access-token changes; the payload is a token name.
+TOKENS_CHANNEL = "eventbus_tokens"
 #: ``head`` of a notification that announces no event (a consumer state change).
 STATE_CHANGED = 0
 #: How often the LISTEN connection is probed, so a silently dead one is noticed.
@@ -54,6 +63,12 @@ def notify_sql(context: str, channel: str, head: str) -> str:
     return f"pg_notify('{NOTIFY_CHANNEL}', {context} || '/' || {channel} || '/' || {head})"
 
 
+def tokens_notify_sql(name: str) -> str:
+    """The SQL expression that tells every process a token changed; the
+    argument is an SQL expression (a placeholder) of the token's name."""
+    return f"pg_notify('{TOKENS_CHANNEL}', {name})"
+
+
 def decode(payload: str, pid: int = 0) -> Notification | None:
     """The notification a payload carries, or None if it is not ours."""
     try:
@@ -70,7 +85,8 @@ def decode(payload: str, pid: int = 0) -> Notification | None:
 class Listener:
     """The LISTEN connection: forwards notifications, re-arms itself after outages.
 
-    ``on_notification`` gets each decoded :class:`Notification`;
+    ``on_notification`` gets each decoded :class:`Notification`,
+    ``on_token_changed`` the name of each token created or revoked;
     ``on_recovered`` is called after a reconnect, when notifications may
     have been lost.
     """
@@ -81,11 +97,13 @@ class Listener:
         dsn: str,
         on_notification: Callable[[Notification], None],
         on_recovered: Callable[[], None],
+        on_token_changed: Callable[[str], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.dsn = dsn
         self.on_notification = on_notification
         self.on_recovered = on_recovered
+        self.on_token_changed = on_token_changed
         self._conn: txpostgres.Connection | None = None
         self._keepalive: task.LoopingCall | None = None
 
@@ -98,7 +116,7 @@ class Listener:
         await conn.connect(**connect_kwargs(self.dsn))
         conn.addNotifyObserver(self._observe)
         conn.detector.addRecoveryHandler(self._recovered)
-        await conn.runOperation(f"LISTEN {NOTIFY_CHANNEL}")
+        await self._listen(conn)
         self._conn = conn
         self._keepalive = task.LoopingCall(self._probe)
         self._keepalive.clock = self.reactor
@@ -111,7 +129,15 @@ class Listener:
             close_for_good(self._conn)
             self._conn = None
 
+    async def _listen(self, conn: txpostgres.Connection) -> None:
+        await conn.runOperation(f"LISTEN {NOTIFY_CHANNEL}")
+        if self.on_token_changed is not None:
+            await conn.runOperation(f"LISTEN {TOKENS_CHANNEL}")
+
     def _observe(self, notify: Any) -> None:
+        if notify.channel == TOKENS_CHANNEL and self.on_token_changed is not None:
+            self.on_token_changed(notify.payload)
+            return
         if notify.channel != NOTIFY_CHANNEL:
             return
         notification = decode(notify.payload, notify.pid)
@@ -123,7 +149,7 @@ class Listener:
     async def _recovered(self) -> None:
         log.info("LISTEN connection re-established; re-checking waiting channels")
         assert self._conn is not None
-        await self._conn.runOperation(f"LISTEN {NOTIFY_CHANNEL}")
+        await self._listen(self._conn)
         self.on_recovered()
 
     def _probe(self) -> None:

@@ -36,16 +36,20 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "eventbus.tail": ("eventbus.storage", *BOTTOM),
     "eventbus.notifier": ("eventbus.tail", "eventbus.storage", *BOTTOM),
     "eventbus.consumers": ("eventbus.notifier", "eventbus.storage", *BOTTOM),
+    "eventbus.auth": BOTTOM,
+    "eventbus.tokens": ("eventbus.auth", "eventbus.storage", *BOTTOM),
     "eventbus.webhooks": ("eventbus.webhooks", "eventbus.notifier", "eventbus.storage", *BOTTOM),
     "eventbus.http": (
         "eventbus.http",
         "eventbus.notifier",
         "eventbus.consumers",
         "eventbus.webhooks",
+        "eventbus.auth",
+        "eventbus.tokens",
         "eventbus.storage",
         *BOTTOM,
     ),
-    "eventbus.__main__": ("eventbus.service",),
+    "eventbus.__main__": ("eventbus.service", "eventbus.cli"),
 }
 
 
