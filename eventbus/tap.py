@@ -78,7 +78,13 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         webhooks=webhooks,
         max_batch=settings.max_batch,
     )
-    site = EventBusSite(resource, max_body=settings.max_body, access_log=settings.access_log, reactor=reactor)
+    site = EventBusSite(
+        resource,
+        max_body=settings.max_body,
+        access_log=settings.access_log,
+        request_timeout=settings.request_timeout,
+        reactor=reactor,
+    )
     return Parts(database, events, notifier, listener, consumers, webhooks, streams, site)
 
 

@@ -4,7 +4,9 @@ Invariant: every answer the server gives that is not a success is rendered
 here, as ``{"error": ...}`` JSON with the status of :data:`STATUS`; a
 domain error never reaches a client as anything else, and an unexpected one
 is a logged 500 with no detail.  Every path variable that names a context,
-channel or consumer is checked before its handler runs.
+channel or consumer, and the names of the query parameters (each route
+declares those it takes: :class:`~eventbus.http.params.QueryParams`), are
+checked before its handler runs.
 
 Shape (from ranger-ims-server): each resource is a class with its own
 :class:`Router` (a Klein app whose routes check names and whose error
@@ -40,7 +42,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
 
 from eventbus.errors import Conflict, EventBusError, InvalidInput, NotFound, TooLarge, Unavailable
-from eventbus.http import render
+from eventbus.http import params, render
 from eventbus.model import check_name
 
 log = Logger()
@@ -104,7 +106,8 @@ def not_found(request: Request) -> bytes:
 
 
 class Router(Klein):
-    """A resource's Klein app: routes check their names, errors render here."""
+    """A resource's Klein app: routes check their names and query parameters,
+    errors render here."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,20 +115,27 @@ class Router(Klein):
         self.handle_errors(HTTPException)(routing_error)
         self.handle_errors(Exception)(unexpected)
 
-    def route(self, url: str, *args: Any, branch: bool = False, **kwargs: Any) -> Callable[[F], F]:
+    def route(
+        self,
+        url: str,
+        *args: Any,
+        branch: bool = False,
+        query: params.QueryParams = params.NO_QUERY,
+        **kwargs: Any,
+    ) -> Callable[[F], F]:
+        """Klein's ``route``; ``query``: the query parameters the route takes
+        (any other is a 400; GET routes also take ``access_token``)."""
         register = super().route(url, *args, branch=branch, **kwargs)
         names = {var: kind for var, kind in NAME_VARIABLES.items() if f"<{var}>" in url}
 
         def deco(f: F) -> F:
-            if not names:
-                register(f)
-                return f
-
             @functools.wraps(f)
-            def checked(*a: Any, **kw: Any) -> Any:
+            def checked(resource: Any, request: Request, *a: Any, **kw: Any) -> Any:
                 for var, kind in names.items():
                     check_name(kind, kw[var])
-                return f(*a, **kw)
+                if b"?" in request.uri:
+                    query.check(params.query(request), request.method)
+                return f(resource, request, *a, **kw)
 
             register(checked)
             return f

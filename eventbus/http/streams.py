@@ -99,6 +99,8 @@ async def stream_history(
         after = head if first is None else first - 1
     remaining = limit if limit is not None else head
     request.setHeader(b"Content-Type", JSON)
+    if request.method == b"HEAD":
+        return  # the headers only: no page is read for a body nobody gets
     pacer = Pacer()
     request.registerProducer(pacer, True)
     try:
