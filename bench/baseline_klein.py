@@ -43,7 +43,8 @@ def make_application() -> object:
         return BODY
 
     application = service.Application("eventbus-bench-baseline")
-    site = EventBusSite(app.resource(), max_body=DEFAULTS.max_body, access_log=DEFAULTS.access_log)
+    site = EventBusSite(app.resource(), max_body=DEFAULTS.max_body, access_log=DEFAULTS.access_log,
+                        request_timeout=DEFAULTS.request_timeout)
     strports.service(os.environ[ENDPOINT_ENV], site).setServiceParent(application)
     return application
 

@@ -42,6 +42,8 @@ class Settings:
     access_log: str = ACCESS_LOG_TWISTD
     #: Seconds of silence after which an SSE stream gets a keep-alive comment.
     heartbeat: float = 15.0
+    #: Seconds a request (head and body) has to arrive, from its first byte.
+    request_timeout: float = 30.0
     #: Disable a webhook subscription failing for longer than this (seconds).
     webhook_disable_after: float = 86400.0
     #: Allow webhook URLs on non-public addresses.
@@ -92,6 +94,9 @@ class Options(usage.Options):
         ["max-batch", None, DEFAULTS.max_batch, "Most events in one batch publish.", int],
         ["heartbeat", None, DEFAULTS.heartbeat,
          "Seconds of silence after which an SSE stream gets a keep-alive comment.", float],
+        ["request-timeout", None, DEFAULTS.request_timeout,
+         "Seconds a request (its head and body) has to arrive, from its first byte;"
+         " a slower one gets a 408 and its connection is closed.", float],
         ["webhook-disable-after", None, DEFAULTS.webhook_disable_after,
          "Disable a webhook subscription that has been failing for longer than"
          " this many seconds.", float],
@@ -142,6 +147,8 @@ class Options(usage.Options):
             raise usage.UsageError("--pool-size must be at least 1")
         if not (math.isfinite(self["heartbeat"]) and self["heartbeat"] > 0):
             raise usage.UsageError("--heartbeat must be a positive number of seconds")
+        if not (math.isfinite(self["request-timeout"]) and self["request-timeout"] > 0):
+            raise usage.UsageError("--request-timeout must be a positive number of seconds")
         if not self["webhook-disable-after"] > 0:
             raise usage.UsageError("--webhook-disable-after must be a positive number of seconds")
         if not self["webhook-retry-scale"] > 0:

@@ -62,6 +62,8 @@ DEFAULTS = ConsumerConfig(
     mode=DEFAULT_MODE, lease_s=DEFAULT_LEASE_S, max_deliveries=DEFAULT_MAX_DELIVERIES, start=DEFAULT_START
 )
 #: Longest lease and longest nack delay a client may ask for (12 hours).
+#: Shortest lease: a shorter one would expire before any instance could ack.
+MIN_LEASE_S = 1.0
 MAX_LEASE_S = 43200.0
 MAX_NACK_DELAY_S = 43200.0
 MAX_DELIVERIES_LIMIT = 1_000_000

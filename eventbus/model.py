@@ -41,9 +41,16 @@ class Event(NamedTuple):
 
 
 def check_name(kind: str, value: str) -> str:
-    """``value`` if it is a valid name of a context, channel or consumer."""
+    """``value`` if it is a valid name of a context, channel or consumer.
+
+    A name made only of dots is refused: ``.`` and ``..`` are path steps,
+    which a client that normalises URLs would resolve away, so the
+    resource could never be reached.
+    """
     if not NAME_RE.match(value):
         raise InvalidInput(f"{kind} must match {NAME_PATTERN}, got {value[:140]!r}")
+    if not value.strip("."):
+        raise InvalidInput(f"{kind} cannot be made only of dots, got {value[:140]!r}")
     return value
 
 

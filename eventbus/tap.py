@@ -103,7 +103,13 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         tokens=TokenService(token_store),
         gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
     )
-    site = EventBusSite(resource, max_body=settings.max_body, access_log=settings.access_log, reactor=reactor)
+    site = EventBusSite(
+        resource,
+        max_body=settings.max_body,
+        access_log=settings.access_log,
+        request_timeout=settings.request_timeout,
+        reactor=reactor,
+    )
     return Parts(database, events, notifier, listener, consumers, webhooks, streams, token_cache, site)
 
 

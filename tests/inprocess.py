@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 from twisted.internet import reactor
 
 from eventbus.config import Settings
-from eventbus.http.params import split_array
+from eventbus.http.params import batch
 from eventbus.model import Event
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
@@ -68,4 +68,4 @@ class Publisher:
 
     async def append(self, context: str, channel: str, issuer: str, array: str) -> list[Event]:
         """Append the elements of a JSON array text, as a batch publish would."""
-        return await self.events.append(context, channel, issuer, split_array(array))
+        return await self.events.append(context, channel, issuer, batch(array))

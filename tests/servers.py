@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -52,10 +53,13 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m eventbus`` in a child process, on a free loopback port."""
 
-    def __init__(self, args: list[str], workdir: Path, port: Optional[int] = None) -> None:
+    def __init__(self, args: list[str], workdir: Path, port: Optional[int] = None,
+                 open_files: Optional[int] = None) -> None:
+        """``open_files``: the server's open-files limit (``ulimit -n``)."""
         self.args = args
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self.open_files = open_files
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = self.workdir / f"server-{self.port}.log"
 
@@ -79,12 +83,17 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [*self.command(), "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args],
             cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self.environment(),
+            env=self.environment(), preexec_fn=self._limits if self.open_files else None,
         )
         log.close()
         if wait:
             self.wait_ready()
         return self
+
+    def _limits(self) -> None:
+        """In the child, before exec."""
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout

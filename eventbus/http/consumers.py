@@ -22,6 +22,7 @@ from eventbus.consumers import (
     MAX_DELIVERIES_LIMIT,
     MAX_LEASE_S,
     MAX_NACK_DELAY_S,
+    MIN_LEASE_S,
     Consumers,
 )
 from eventbus.errors import InvalidInput, NotFound
@@ -32,6 +33,8 @@ from eventbus.model import MAX_ID, MODES, ConsumerConfig, Start
 
 #: The fields of a consumer's configuration (``PUT``).
 CONFIG_FIELDS = ("mode", "start", "lease", "max_deliveries")
+#: ``next`` holds the request open for at most ``timeout`` seconds.
+NEXT_QUERY = params.QueryParams(names=("timeout",))
 
 
 def consumer_config(body: bytes) -> ConsumerConfig:
@@ -40,23 +43,21 @@ def consumer_config(body: bytes) -> ConsumerConfig:
     fields = params.object_body(body, CONFIG_FIELDS, empty_ok=True)
     mode = fields.get("mode", DEFAULT_MODE)
     if mode not in MODES:
-        raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {params.shown(mode)}")
+        raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {fields.sent('mode')}")
     raw_start = fields.get("start", DEFAULT_START)
     start: Start
     if raw_start in ("earliest", "latest"):
         start = raw_start
     elif isinstance(raw_start, str):
-        raise InvalidInput(
-            f'start must be "earliest", "latest" or an event id, got {params.shown(raw_start)}'
-        )
+        raise InvalidInput(f'start must be "earliest", "latest" or an event id, got {fields.sent("start")}')
     else:
-        start = params.integer("start", raw_start, 1, MAX_ID + 1)
+        start = params.integer(fields, "start", 1, MAX_ID + 1)
     lease = DEFAULT_LEASE_S
     if "lease" in fields:
-        lease = params.number("lease", fields["lease"], 0, MAX_LEASE_S, low_open=True)
+        lease = params.number(fields, "lease", MIN_LEASE_S, MAX_LEASE_S)
     max_deliveries = DEFAULT_MAX_DELIVERIES
     if "max_deliveries" in fields:
-        max_deliveries = params.integer("max_deliveries", fields["max_deliveries"], 1, MAX_DELIVERIES_LIMIT)
+        max_deliveries = params.integer(fields, "max_deliveries", 1, MAX_DELIVERIES_LIMIT)
     return ConsumerConfig(mode=mode, lease_s=lease, max_deliveries=max_deliveries, start=start)
 
 
@@ -98,7 +99,12 @@ class ConsumersResource:
         await self.consumers.delete(context, channel, name)
         return render.no_content(request)
 
-    @router.route("/consumers/<context>/<channel>/<name>/next", methods=["POST"], need=(Action.CONSUME,))
+    @router.route(
+        "/consumers/<context>/<channel>/<name>/next",
+        methods=["POST"],
+        need=(Action.CONSUME,),
+        query=NEXT_QUERY,
+    )
     async def next_event(self, request: Request, context: str, channel: str, name: str) -> bytes:
         timeout = params.timeout_param(params.query(request).get("timeout"))
         delivery = await access.held(request, lambda: self.consumers.next(context, channel, name, timeout))
@@ -117,7 +123,7 @@ class ConsumersResource:
         fields = params.object_body(params.body(request), ("lease", "delay"))
         delay = 0.0
         if "delay" in fields:
-            delay = params.number("delay", fields["delay"], 0, MAX_NACK_DELAY_S)
+            delay = params.number(fields, "delay", 0, MAX_NACK_DELAY_S)
         await self.consumers.nack(context, channel, name, lease_token(fields), delay)
         return render.no_content(request)
 

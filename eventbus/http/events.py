@@ -22,6 +22,12 @@ from eventbus.model import MAX_ID, render_event, render_events
 from eventbus.notifier import Notifier
 from eventbus.storage.events import EventStore
 
+#: History takes ``start`` and ``limit``; ``peek`` walks instead, waiting up
+#: to ``timeout`` seconds.
+READ_QUERY = params.QueryParams(names=("start", "limit"), modes={"peek": ("timeout",)})
+#: Where a stream starts (``Last-Event-ID``, a header, wins).
+STREAM_QUERY = params.QueryParams(names=("after",))
+
 
 class EventsResource:
     """The routes under ``/events``."""
@@ -57,24 +63,23 @@ class EventsResource:
         for i, value in enumerate(values):
             if not isinstance(value, dict):
                 raise InvalidInput(f"batch element {i} is not a JSON object")
-        events = await self.store.append(context, channel, issuer, params.split_array(text))
+        events = await self.store.append(context, channel, issuer, params.batch(text))
         return render.body(request, b"[" + b",".join(render_events(context, channel, events)) + b"]", 201)
 
-    @router.route("/events/<context>/<channel>", methods=["GET"], need=(Action.READ,))
+    @router.route("/events/<context>/<channel>", methods=["GET"], need=(Action.READ,), query=READ_QUERY)
     async def read(self, request: Request, context: str, channel: str) -> bytes | None:
-        query = params.query(request)
-        # Every parameter given is checked, even one this mode ignores.
-        limit = None
-        if "limit" in query:
-            limit = params.int_param("limit", query["limit"], 1, 2**63 - 1)
-        timeout = params.timeout_param(query.get("timeout"))
+        query = params.query(request)  # only what READ_QUERY allows together
         if "peek" in query:
-            if "start" in query:
-                raise InvalidInput("start and peek cannot be combined")
             cursor = params.int_param("peek", query["peek"], 0, MAX_ID)
+            timeout = params.timeout_param(query.get("timeout"))
+            if request.method == b"HEAD":
+                timeout = 0  # the headers of what is there now, never a wait
             if timeout == 0:
                 return await self._peek(request, context, channel, cursor, timeout)
             return await access.held(request, lambda: self._peek(request, context, channel, cursor, timeout))
+        limit = None
+        if "limit" in query:
+            limit = params.int_param("limit", query["limit"], 1, 2**63 - 1)
         start = params.start_param(query["start"]) if "start" in query else None
         await stream_history(request, self.store, context, channel, start, limit)
         return None
@@ -89,7 +94,9 @@ class EventsResource:
             return render.no_content(request)
         return render.body(request, render_event(context, channel, event))
 
-    @router.route("/events/<context>/<channel>/stream", methods=["GET"], need=(Action.READ,))
+    @router.route(
+        "/events/<context>/<channel>/stream", methods=["GET"], need=(Action.READ,), query=STREAM_QUERY
+    )
     async def stream(self, request: Request, context: str, channel: str) -> None:
         """Server-Sent Events; werkzeug ranks this static segment above <event_id>."""
         query = params.query(request)

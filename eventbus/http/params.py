@@ -3,7 +3,10 @@
 Invariant: whatever a client sends, these functions return a value within
 its documented bounds or raise :class:`~eventbus.errors.InvalidInput` with a
 message that names the parameter and quotes (a bounded prefix of) what was
-sent; nothing invalid reaches the domain or the database.
+sent; nothing invalid reaches the domain or the database.  A route takes
+only the query parameters it declares (:class:`QueryParams`), and a JSON
+body nests no deeper than :data:`~eventbus.http.jsontext.MAX_DEPTH` and
+names no member twice in one object.
 
 Layer rule: the HTTP layer; pure functions of the request, no I/O.
 """
@@ -11,9 +14,10 @@ Layer rule: the HTTP layer; pure functions of the request, no I/O.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,6 +26,7 @@ import orjson
 from twisted.web.server import Request
 
 from eventbus.errors import InvalidInput
+from eventbus.http import jsontext
 from eventbus.model import MAX_ID, check_issuer
 
 DEFAULT_TIMEOUT_S = 25.0
@@ -39,9 +44,61 @@ _PLUS_OFFSET = re.compile(r"\A(.*\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d(?::?\d\d)?
 
 
 # -- the query string ----------------------------------------------------------------
+#: Accepted, and ignored here, on every GET (and HEAD) route: browsers'
+#: ``EventSource`` cannot send headers, so a bearer token comes this way.
+ACCESS_TOKEN = "access_token"
+#: Methods whose routes take :data:`ACCESS_TOKEN`.
+READ_METHODS = frozenset({b"GET", b"HEAD"})
+
+
+@dataclass(frozen=True)
+class QueryParams:
+    """The query parameters a route takes; any other is a 400 naming it.
+
+    ``names`` go together in the route's plain form.  ``modes`` maps a
+    parameter that switches the route into another form to the parameters
+    that form takes besides it (``peek`` takes ``timeout``); in that form
+    the plain ``names`` are refused, and the mode's own parameters are
+    refused without it.
+    """
+
+    names: tuple[str, ...] = ()
+    modes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def known(self) -> list[str]:
+        return [*self.modes, *(p for ps in self.modes.values() for p in ps), *self.names]
+
+    def check(self, given: Mapping[str, str], method: bytes) -> None:
+        keys = [k for k in self.modes if k in given]
+        if len(keys) > 1:
+            raise InvalidInput(f"query parameters {keys[0]} and {keys[1]} cannot be combined")
+        allowed = {keys[0], *self.modes[keys[0]]} if keys else set(self.names)
+        if method in READ_METHODS:
+            allowed.add(ACCESS_TOKEN)
+        for name in given:
+            if name in allowed:
+                continue
+            if name not in self.known():
+                takes = [*self.known(), *([ACCESS_TOKEN] if method in READ_METHODS else [])]
+                raise InvalidInput(
+                    f"unknown query parameter {name[:40]!r}; "
+                    + (f"this route takes: {', '.join(takes)}" if takes else "this route takes none")
+                )
+            if keys:
+                raise InvalidInput(f"query parameters {name} and {keys[0]} cannot be combined")
+            mode = next(k for k, ps in self.modes.items() if name in ps)
+            raise InvalidInput(f"query parameter {name} applies only together with {mode}")
+
+
+#: What a route takes when it declares nothing.
+NO_QUERY = QueryParams()
+
+
 def query(request: Request) -> dict[str, str]:
     """Query parameters of the request; each may appear once."""
-    _, _, raw = request.uri.partition(b"?")
+    _, mark, raw = request.uri.partition(b"?")
+    if not mark:
+        return {}
     try:
         pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict")
     except (UnicodeDecodeError, ValueError):
@@ -49,7 +106,7 @@ def query(request: Request) -> dict[str, str]:
     params: dict[str, str] = {}
     for name, value in pairs:
         if name in params:
-            raise InvalidInput(f"query parameter {name!r} given more than once")
+            raise InvalidInput(f"query parameter {name[:40]!r} given more than once")
         params[name] = value
     return params
 
@@ -103,17 +160,19 @@ def start_param(value: str) -> dt.datetime:
 
 # -- headers -------------------------------------------------------------------------------
 def issuer(request: Request) -> str | None:
-    """The publisher's name, from ``X-EVENT-ISSUER`` (or its alias); None if
-    neither is sent (:func:`eventbus.auth.publishing_issuer` decides)."""
-    for name in ISSUER_HEADERS:
-        values = request.requestHeaders.getRawHeaders(name)
-        if values:
-            try:
-                text = values[0].decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput("X-EVENT-ISSUER header is not valid UTF-8") from None
-            return check_issuer(text, "X-EVENT-ISSUER header")
-    return None
+    """The publisher's name, from ``X-EVENT-ISSUER`` (or its alias); given
+    more than once, every value must be the same.  None if neither is sent
+    (:func:`eventbus.auth.publishing_issuer` decides)."""
+    values = [v for name in ISSUER_HEADERS for v in request.requestHeaders.getRawHeaders(name, [])]
+    if not values:
+        return None
+    if any(v != values[0] for v in values):
+        raise InvalidInput("X-EVENT-ISSUER (or X-JISS-ISSUER) given more than once, with different values")
+    try:
+        text = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("X-EVENT-ISSUER header is not valid UTF-8") from None
+    return check_issuer(text, "X-EVENT-ISSUER header")
 
 
 def last_event_id(request: Request) -> int | None:
@@ -137,53 +196,96 @@ def payload(body: bytes) -> tuple[str, object]:
     """Validate a request body; return its text and its parsed value.
 
     Rejects empty bodies, invalid UTF-8, invalid JSON (NaN and Infinity
-    included).  The caller decides which shapes it accepts.
+    included), objects nested deeper than :data:`~eventbus.http.jsontext.MAX_DEPTH`
+    and objects that name a member twice.  The caller decides which shapes
+    it accepts; the events of an array are measured by :func:`batch`.
     """
     if not body.strip():
         raise InvalidInput("empty body: the payload must be a JSON object")
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8").strip()
     except UnicodeDecodeError as e:
         raise InvalidInput(f"body is not valid UTF-8 (byte {e.start})") from None
     try:
-        value = orjson.loads(body)
+        value = orjson.loads(body)  # no recursion: it has its own depth limit
     except orjson.JSONDecodeError as e:
+        if jsontext.too_deep(body):
+            raise InvalidInput(DEPTH_MESSAGE) from None
         raise InvalidInput(f"body is not valid JSON: {e}") from None
-    return text.strip(), value
+    if not isinstance(value, list) and jsontext.too_deep(body):
+        raise InvalidInput(DEPTH_MESSAGE)
+    _unique_names(body, text, value)
+    return text, value
 
 
-_DECODER = json.JSONDecoder()
-_WS = " \t\n\r"
+DEPTH_MESSAGE = f"JSON nested deeper than {jsontext.MAX_DEPTH} levels of arrays and objects (in one event)"
+#: Bodies up to this size get the repeated member named in the error (the
+#: search is a Python loop; above it, only that there is one).
+NAME_SEARCH_MAX = 64 * 1024
 
 
-def split_array(text: str) -> list[str]:
-    """The exact source text of each element of an (already validated) JSON array.
+def _unique_names(body: bytes, text: str, value: object) -> None:
+    """Refuse an object that names a member twice (``{"a": 1, "a": 2}``).
 
-    Elements are kept as sent, like single payloads; the stdlib's C scanner
-    finds where each one ends.
+    Parsers disagree on what that means (most keep the last value, some the
+    first, some refuse the document), so the consumers of one stored event
+    could read different data.  Checked in C: orjson keeps one member per
+    name, so the body has more member colons than orjson's rendering of its
+    value exactly when a name is repeated.  Colons inside strings are the
+    same in both unless the body escapes one (``\\u003a``); then strings are
+    cut out of both before counting.
     """
-    items: list[str] = []
-    i = text.index("[") + 1
-    n = len(text)
-    while True:
-        while i < n and text[i] in _WS:
-            i += 1
-        if text[i] == "]":
-            return items
-        _, end = _DECODER.raw_decode(text, i)
-        items.append(text[i:end])
-        i = end
-        while i < n and text[i] in _WS:
-            i += 1
-        if text[i] == ",":
-            i += 1
+    if not isinstance(value, (dict, list)):
+        return
+    try:
+        rendered = orjson.dumps(value)
+    except TypeError:  # orjson renders 254 levels; events have at most MAX_DEPTH
+        raise InvalidInput(DEPTH_MESSAGE) from None
+    if b"\\u003" in body:
+        body, rendered = jsontext.without_strings(body), jsontext.without_strings(rendered)
+    if body.count(b":") == rendered.count(b":"):
+        return
+    name = jsontext.duplicate_name(text) if len(text) <= NAME_SEARCH_MAX else None
+    raise InvalidInput(
+        "an object names the same member twice"
+        + (f": {name[:40]!r}" if name is not None else "")
+        + "; member names must be unique"
+    )
 
 
-def object_body(body: bytes, allowed: tuple[str, ...], empty_ok: bool = False) -> dict[str, Any]:
+def batch(text: str) -> list[str]:
+    """The exact text of each event of a batch (an array of objects that
+    :func:`payload` accepted), each within the nesting limit."""
+    items, deepest = jsontext.split_array(text)
+    if deepest > jsontext.MAX_DEPTH:
+        raise InvalidInput(DEPTH_MESSAGE)
+    return items
+
+
+class Fields(dict[str, Any]):
+    """A JSON object body's members, and how the client wrote each value."""
+
+    def __init__(self, values: dict[str, Any], text: str) -> None:
+        super().__init__(values)
+        self.text = text
+
+    def sent(self, name: str) -> str:
+        """The member's value as written (``1e-300`` stays so), bounded.
+
+        (Above :data:`NAME_SEARCH_MAX` characters the scan is not worth it:
+        orjson's rendering of the value.)"""
+        if len(self.text) <= NAME_SEARCH_MAX:
+            for member, raw in jsontext.members(self.text):
+                if member == name:
+                    return raw[:40]
+        return orjson.dumps(self.get(name))[:40].decode(errors="replace")
+
+
+def object_body(body: bytes, allowed: tuple[str, ...], empty_ok: bool = False) -> Fields:
     """A JSON object body with only ``allowed`` fields."""
     if empty_ok and not body.strip():
-        return {}
-    _, value = payload(body)
+        return Fields({}, "{}")
+    text, value = payload(body)
     if not isinstance(value, dict):
         raise InvalidInput("the body must be a JSON object")
     unknown = sorted(set(value) - set(allowed))
@@ -191,30 +293,24 @@ def object_body(body: bytes, allowed: tuple[str, ...], empty_ok: bool = False) -
         raise InvalidInput(
             f"unknown field(s) {', '.join(map(repr, unknown))[:200]}; allowed: {', '.join(allowed)}"
         )
-    return value
+    return Fields(value, text)
 
 
-def shown(value: Any) -> str:
-    return orjson.dumps(value)[:40].decode(errors="replace")
-
-
-def number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+def number(fields: Fields, name: str, low: float, high: float) -> float:
     """A JSON number of seconds within bounds."""
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and (low < value if low_open else low <= value)
-        and value <= high
-    )
+    value = fields[name]
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and low <= value <= high
     if not ok:
-        bound = f"more than {low:g}" if low_open else f"from {low:g}"
-        raise InvalidInput(f"{name} must be a number of seconds {bound} to {high:g}, got {shown(value)}")
+        raise InvalidInput(
+            f"{name} must be a number of seconds from {low:g} to {high:g}, got {fields.sent(name)}"
+        )
     return float(value)
 
 
-def integer(name: str, value: Any, low: int, high: int) -> int:
+def integer(fields: Fields, name: str, low: int, high: int) -> int:
+    value = fields[name]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInput(f"{name} must be an integer from {low} to {high}, got {shown(value)}")
+        raise InvalidInput(f"{name} must be an integer from {low} to {high}, got {fields.sent(name)}")
     return value
 
 

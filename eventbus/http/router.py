@@ -4,7 +4,9 @@ Invariant: every answer the server gives that is not a success is rendered
 here, as ``{"error": ...}`` JSON with the status of :data:`STATUS`; a
 domain error never reaches a client as anything else, and an unexpected one
 is a logged 500 with no detail.  Every path variable that names a context,
-channel or consumer is checked before its handler runs.
+channel or consumer, and the names of the query parameters (each route
+declares those it takes: :class:`~eventbus.http.params.QueryParams`), are
+checked before its handler runs.
 
 Shape (from ranger-ims-server): each resource is a class with its own
 :class:`Router` (a Klein app whose routes check names and whose error
@@ -52,7 +54,7 @@ from eventbus.errors import (
     Unauthorized,
     Unavailable,
 )
-from eventbus.http import access, render
+from eventbus.http import access, params, render
 from eventbus.model import check_name
 
 log = Logger()
@@ -143,7 +145,8 @@ def not_found(request: Request) -> bytes:
 
 
 class Router(Klein):
-    """A resource's Klein app: routes check their names and access, errors render here."""
+    """A resource's Klein app: routes check their names, access and query
+    parameters; errors render here."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -152,11 +155,19 @@ class Router(Klein):
         self.handle_errors(Exception)(unexpected)
 
     def route(
-        self, url: str, *args: Any, need: Need | None = None, branch: bool = False, **kwargs: Any
+        self,
+        url: str,
+        *args: Any,
+        need: Need | None = None,
+        branch: bool = False,
+        query: params.QueryParams = params.NO_QUERY,
+        **kwargs: Any,
     ) -> Callable[[F], F]:
         """Klein's route, whose handler runs only once the path's names are
-        valid and the request may do one of the ``need`` actions (every
-        route says what it needs, if only ``PUBLIC``)."""
+        valid, the request may do one of the ``need`` actions (every route
+        says what it needs, if only ``PUBLIC``) and its query parameters are
+        the ones ``query`` declares (any other is a 400; GET routes also take
+        ``access_token``)."""
         if need is None:
             raise TypeError(f"route {url} must declare need= (PUBLIC or the actions it needs)")
         register = super().route(url, *args, branch=branch, **kwargs)
@@ -164,17 +175,15 @@ class Router(Klein):
         scoped = bool(need) and "<context>" in url and "<channel>" in url
 
         def deco(f: F) -> F:
-            if not names and not scoped:
-                register(f)
-                return f
-
             @functools.wraps(f)
-            def checked(instance: Any, request: Request, **kw: Any) -> Any:
+            def checked(instance: Any, request: Request, *a: Any, **kw: Any) -> Any:
                 for var, kind in names.items():
                     check_name(kind, kw[var])
                 if scoped:
                     access.authorize(request, need, kw["context"], kw["channel"])
-                return f(instance, request, **kw)
+                if b"?" in request.uri:
+                    query.check(params.query(request), request.method)
+                return f(instance, request, *a, **kw)
 
             register(checked)
             return f

@@ -1,4 +1,4 @@
-"""The twisted.web Site: refuses oversized bodies before buffering them.
+"""The twisted.web Site: refuses oversized bodies and slow requests.
 
 twisted.web reads a whole request body before any resource sees it, so the
 ``--max-body`` limit has to act at the channel level: on the announced
@@ -14,6 +14,14 @@ Access log lines never carry a token: :func:`access_log_line` replaces
 every ``access_token=`` value and anything shaped like a token (in the
 request line or the ``Referer``) before a line is written anywhere.
 
+Every request must arrive whole (head and body) within ``--request-timeout``
+seconds of its first byte, or it gets a JSON 408 and the connection is
+closed: twisted.web's idle timeout restarts at every byte, so a client
+trickling its headers would otherwise hold its connection for ever.  Once
+the request has arrived its answer may take as long as it needs (a held
+peek, an SSE stream, a consumer's ``next``).  How many connections are held
+at all is :mod:`eventbus.http.connections`'s business.
+
 Layer rule: the HTTP layer; twisted.web plumbing only, no routes.
 """
 
@@ -23,11 +31,13 @@ import sys
 from typing import IO, Any, cast
 
 from twisted.internet import task
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from eventbus.auth import redact
+from eventbus.http.connections import ConnectionBudget, connection_limit
 from eventbus.http.render import error_body
 from eventbus.http.wire import drop_unsent
 
@@ -104,7 +114,82 @@ def _raw_error(status: bytes, message: str) -> bytes:
 class JsonErrorChannel(http.HTTPChannel):
     """Twisted answers a malformed request with a bare "400 Bad Request" and
     drops an over-long request or header line without any answer; both get a
-    JSON 400 here instead."""
+    JSON 400 here instead.  A request that does not arrive in time gets a 408.
+
+    (``allContentReceived``, ``requestDone`` and ``callLater`` are
+    HTTPChannel's documented hooks: the first runs when a request has
+    arrived whole, the second when its answer is finished.)
+    """
+
+    site: EventBusSite
+    #: Fires ``--request-timeout`` after the first byte of a request.
+    _deadline: IDelayedCall | None = None
+    #: Whether bytes that arrive belong to a request still to be read (no
+    #: request is being served; while one is, twisted.web buffers them).
+    _reading = True
+    _admitted = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._admitted = self.site.connections.admit(self)
+        if not self._admitted:
+            assert self.transport is not None
+            self.transport.write(
+                _raw_error(b"503 Service Unavailable", "too many open connections; try again later")
+            )
+            self.loseConnection()
+
+    def evict(self) -> None:
+        self._admitted = False
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and self._reading and self._admitted and data:
+            self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._stop_deadline()
+        self._reading = False
+        self.site.connections.serving(self)
+        super().allContentReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        self._reading = True
+        self.site.connections.waiting(self)
+        super().requestDone(request)  # replays bytes that came meanwhile
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_deadline()
+        self.site.connections.closed(self)
+        # What the client never took is of no use now; do not keep it until
+        # the transport object happens to be collected.
+        drop_unsent(self.transport)
+        super().connectionLost(reason)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.requests and getattr(self.requests[-1], "_refused", False):
+            return  # answered 413 already; that refusal closes the connection
+        transport: Any = self.transport
+        if transport is None:
+            return
+        transport.write(
+            _raw_error(
+                b"408 Request Timeout",
+                f"the request did not arrive within {self.site.request_timeout:g} s of its first byte",
+            )
+        )
+        self.loseConnection()
+        self.site.reactor.callLater(DISCARD_GRACE_S, _abort, transport)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         assert self.transport is not None
@@ -117,12 +202,6 @@ class JsonErrorChannel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._respondToBadRequestAndDisconnect()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        # What the client never took is of no use now; do not keep it until
-        # the transport object happens to be collected.
-        drop_unsent(self.transport)
-        super().connectionLost(reason)
 
 
 #: ``--access-log`` values that are not a path.
@@ -185,12 +264,27 @@ class EventBusSite(server.Site):
     # serve HTTP/1.1 on plain TCP only.
     protocol = JsonErrorChannel  # type: ignore[assignment]  # a channel class is such a callable
 
-    def __init__(self, resource: Any, *, max_body: int, access_log: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        *,
+        max_body: int,
+        access_log: str,
+        request_timeout: float,
+        max_connections: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``max_connections``: client connections held at most (None: from
+        the open-files limit, see :func:`~eventbus.http.connections.connection_limit`)."""
         # Never parse form bodies into request.args: `curl --data` sends JSON
         # as application/x-www-form-urlencoded; we only read request.content.
         super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=access_log_line, **kwargs)
         self.max_body = max_body
         self.access_log = access_log
+        self.request_timeout = request_timeout
+        self.connections = ConnectionBudget(
+            connection_limit() if max_connections is None else max_connections
+        )
 
     def startFactory(self) -> None:
         super().startFactory()

@@ -125,11 +125,13 @@ async def stream_history(
 async def stream_array(request: Request, next_page: Callable[[], Awaitable[list[bytes]]], what: str) -> None:
     """Write a JSON array of the elements ``next_page`` returns, a page at a
     time, until it returns none.  The first page is read before the ``200``
-    (its errors are the answer); each next one only once the client has
+    (its errors are the answer; a HEAD reads none); each next one only once the client has
     taken the previous one, which is then held by the connection's buffer
     only: one page per client, whatever the array's length."""
-    parts = await next_page()
     request.setHeader(b"Content-Type", JSON)
+    if request.method == b"HEAD":
+        return  # the headers only: no page is read for a body nobody gets
+    parts = await next_page()
     pacer = Pacer()
     request.registerProducer(pacer, True)
     try:

@@ -10,8 +10,6 @@ Layer rule: the HTTP layer.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.web.server import Request
 
 from eventbus.auth import Action
@@ -23,18 +21,19 @@ from eventbus.webhooks.service import WebhookService
 
 MANAGE = (Action.MANAGE,)
 #: The fields of ``POST /subscriptions``.
-FIELDS = {"context", "channel", "url", "secret", "start"}
+FIELDS = ("context", "channel", "url", "secret", "start")
 
 
-def start_field(value: Any, channel: str) -> Start:
+def start_field(fields: params.Fields, channel: str) -> Start:
     """Parse start: "latest", "earliest" or the id of the first event to deliver."""
+    value = fields.get("start")
     if value == "latest" or value == "earliest":
         return value
     if value is None:
         raise InvalidInput('start is required: "latest", "earliest" or an event id')
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID + 1:
         raise InvalidInput(
-            f'start must be "latest", "earliest" or an event id from 1 to {MAX_ID + 1}, got {str(value)[:40]!r}'
+            f'start must be "latest", "earliest" or an event id from 1 to {MAX_ID + 1}, got {fields.sent("start")}'
         )
     if channel == ALL_CHANNELS:
         raise InvalidInput('an event id as start needs one channel, not "*"')
@@ -71,12 +70,7 @@ class SubscriptionsResource:
     @router.route("/subscriptions", methods=["POST"], need=MANAGE)
     async def create(self, request: Request) -> bytes:
         webhooks = self._service()
-        _, body = params.payload(params.body(request))
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object")
-        unknown = sorted(set(body) - FIELDS)
-        if unknown:
-            raise InvalidInput(f"unknown fields: {', '.join(unknown)[:200]}")
+        body = params.object_body(params.body(request), FIELDS)
         context = check_name("context", params.string(body, "context"))
         channel = params.string(body, "channel")
         if channel != ALL_CHANNELS:
@@ -85,7 +79,7 @@ class SubscriptionsResource:
         secret = body.get("secret")
         if secret is not None and not isinstance(secret, str):
             raise InvalidInput("secret must be a string")
-        start = start_field(body.get("start"), channel)
+        start = start_field(body, channel)
         access.authorize(request, MANAGE, context, channel)
         state, secret = await webhooks.create(context, channel, url, secret, start)
         request.setHeader(b"Location", f"/subscriptions/{state.id}".encode())

@@ -130,6 +130,16 @@ def _body_cases() -> Iterator[Any]:
         "raw NUL in a string": b'{"a": "\x00"}',
         "raw control character in a string": b'{"a": "\x01"}',
         "nesting deeper than the parser allows": b'{"a":' * 2000 + b"1" + b"}" * 2000,
+        "nesting one level over the limit": b'{"a":' + b"[" * 100 + b"]" * 100 + b"}",
+        "batch nested 954 deep (was a 500)": b'[{"a":' + b"[" * 954 + b"]" * 954 + b"}]",
+        "batch with an event one level over the limit":
+            b'[{"ok": 1}, {"a":' + b"[" * 100 + b"]" * 100 + b"}]",
+        "batch nested deeper than the parser allows": b"[" + b'{"a":' * 2000 + b"1" + b"}" * 2000 + b"]",
+        "a member name twice": b'{"a": 1, "a": 2}',
+        "a member name twice, once escaped": b'{"a": 1, "\\u0061": 2}',
+        "a member name twice in a nested object": b'{"x": {"b": 1, "b": 1}}',
+        "a member name twice behind an escaped colon": b'{"s": "\\u003a", "b": 1, "b": 2}',
+        "a member name twice in one event of a batch": b'[{"a": 1}, {"c": 1, "c": 2}]',
         "form data": b"a=1&b=2",
     }
     for name, body in bodies.items():
@@ -157,6 +167,9 @@ def _issuer_cases() -> Iterator[Any]:
         "legacy header 129 characters": {"X-JISS-ISSUER": "i" * 129},
         "legacy header invalid UTF-8": {"X-JISS-ISSUER": b"\xff"},
         "empty with a good legacy header": {"X-EVENT-ISSUER": "", "X-JISS-ISSUER": "ok"},
+        "given twice, different values": {"X-EVENT-ISSUER": ["a", "b"]},
+        "and its alias, different values": {"X-EVENT-ISSUER": "a", "X-JISS-ISSUER": "b"},
+        "alias given twice, different values": {"X-JISS-ISSUER": ["a", "b"]},
     }
     for name, headers in issuers.items():
         yield _case(f"issuer: {name}", "POST", BASE, 400, headers=headers, body=GOOD_BODY)
@@ -186,6 +199,12 @@ BAD_NAMES = {
     "invalid UTF-8": "%FF",
     "overlong UTF-8": "%C0%AF",
     "UTF-8 encoded surrogate": "%ED%A0%80",
+    # Only dots: a client that normalises URLs resolves "." and ".." away
+    # (the raw forms are in RAW_BAD_REQUESTS: treq would normalise them).
+    "encoded dot": "%2E",
+    "encoded dot dot": "%2e%2e",
+    "three dots": "...",
+    "half-encoded dot dot": ".%2E",
 }
 
 
@@ -227,9 +246,20 @@ def _query_cases() -> Iterator[Any]:
         "peek=0&timeout=1&timeout=1",
         "%FF=1",
         "peek=0&timeout=0&%FF",
+        # Every parameter must be one this route takes, in this mode.
+        "PEEK=1", "Peek=0", "peek=0&Timeout=5", "timeout=5", "limit=1&peek=0&timeout=0",
+        "after=1", "peek=0&timeout=0&after=0", "x=1", "=1", "=", "limit=1&nope",
     ]
     for query in queries:
         yield _case(f"query: {query}", "GET", f"{BASE}?{query}", 400)
+    # Other routes, with a parameter that belongs elsewhere or nowhere.
+    for method, path in [("GET", f"{BASE}/stream?peek=0"), ("GET", f"{BASE}/stream?after=0&x=1"),
+                         ("GET", f"{BASE}/1?limit=1"), ("GET", "/health?full=1"),
+                         ("POST", f"{BASE}?wait=1"), ("POST", f"{BASE}?access_token=t"),
+                         ("GET", f"/consumers/{CTX}/{TARGET}?mode=shared"),
+                         ("POST", f"/consumers/{CTX}/{TARGET}/c/next?timeout=0&peek=0"),
+                         ("GET", "/subscriptions?channel=x")]:
+        yield _case(f"query: {method} {path}", method, path, 400, headers=ISSUER, body=GOOD_BODY)
 
 
 def _not_found_cases() -> Iterator[Any]:
@@ -287,6 +317,19 @@ RAW_BAD_REQUESTS = [
                  id="raw byte 0xFF in the query"),
     pytest.param(raw_request(b"GET", b"/events/" + CTX.encode() + b"/a b"),
                  id="space in the path"),
+    pytest.param(raw_request(b"POST", b"/events/" + CTX.encode() + b"/..",
+                             [b"X-EVENT-ISSUER: t", length(GOOD_BODY)], GOOD_BODY),
+                 id="channel .. (unnormalised)"),
+    pytest.param(raw_request(b"POST", b"/events/./" + TARGET.encode(),
+                             [b"X-EVENT-ISSUER: t", length(GOOD_BODY)], GOOD_BODY),
+                 id="context . (unnormalised)"),
+    pytest.param(raw_request(b"PUT", b"/consumers/" + CTX.encode() + b"/" + TARGET.encode() + b"/..",
+                             [length(b"{}")], b"{}"),
+                 id="consumer name .. (unnormalised)"),
+    pytest.param(raw_request(b"POST", BASE.encode(),
+                             [b"X-EVENT-ISSUER: a", b"X-EVENT-ISSUER: b", length(GOOD_BODY)],
+                             GOOD_BODY),
+                 id="two issuer headers with different values"),
     pytest.param(raw_request(b"POST", BASE.encode(),
                              [b"X-EVENT-ISSUER: \xff\xfe", length(GOOD_BODY)], GOOD_BODY),
                  id="raw invalid UTF-8 issuer"),

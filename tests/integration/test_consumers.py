@@ -174,7 +174,7 @@ async def test_next_times_out_with_204(server, channel_name):
 async def test_ack_and_nack_of_unknown_or_expired_lease_is_409(server, channel_name):
     await publish_n(server, channel_name, 2)
     c = Consumer(server, channel_name)
-    assert (await c.put(lease=0.5)).code == 201
+    assert (await c.put(lease=1)).code == 201  # the shortest lease
     got = await take(c)
     for bad in ("nonsense", "1.nonsense", "99.x", "99999999999999999999.x", ".x", "1.",
                 got["lease"] + "x"):
@@ -183,7 +183,7 @@ async def test_ack_and_nack_of_unknown_or_expired_lease_is_409(server, channel_n
         assert await c.nack(bad) == 409
     # the right token on another consumer's URL is unknown there
     assert await Consumer(server, channel_name, "other").ack(got["lease"]) == 409
-    await sleep(0.8)
+    await sleep(1.3)
     assert await c.ack(got["lease"]) == 409  # expired
     assert await c.nack(got["lease"]) == 409
     again = await take(c)
@@ -230,11 +230,11 @@ async def test_dead_letter_after_max_deliveries_then_retry(server, channel_name)
     assert got["event"]["id"] == 2 and got["deliveries"] == 1
     assert await c.ack(got["lease"]) == 204
     # expiry counts too: event 3 is leased twice and never acked
-    assert (await c.put(max_deliveries=2, lease=0.5)).code == 200
+    assert (await c.put(max_deliveries=2, lease=1)).code == 200
     for n in (1, 2):
         got = await take(c, timeout=10)
         assert (got["event"]["id"], got["deliveries"]) == (3, n)
-    await sleep(0.7)
+    await sleep(1.2)
     assert (await c.next()).code == 204
     s = (await c.status()).json()
     assert (s["cursor"], s["lag"], s["in_flight"], s["dead"]) == (3, 0, 0, 2)
@@ -496,9 +496,9 @@ async def test_shared_leases_expiring_mid_work_are_never_held_twice(servers, cha
     tally = Tally(total=40)
     await publish_n(servers[0], channel_name, tally.total)
     c = Consumer(servers[0], channel_name)
-    await c.put(mode="shared", lease=0.3, max_deliveries=1000)
+    await c.put(mode="shared", lease=1, max_deliveries=1000)  # the shortest lease
     runs = [defer.ensureDeferred(work(i, c.via(servers[i % 2]), tally,
-                                      pause=lambda: rng.choice((0, 0, 0.05, 0.35))))
+                                      pause=lambda: rng.choice((0, 0, 0, 0, 0.05, 1.1))))
             for i in range(3)]
     await defer.gatherResults(runs)
     tally.check(live={0, 1, 2})

@@ -93,7 +93,7 @@ def test_the_sites_channels_free_the_unsent_bytes_of_a_lost_connection():
 
     from eventbus.http.site import EventBusSite
 
-    site = EventBusSite(Resource(), max_body=1024, access_log="off", reactor=Clock())
+    site = EventBusSite(Resource(), max_body=1024, access_log="off", request_timeout=30, reactor=Clock())
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     channel.callLater = Clock().callLater  # its idle timeout, on a fake clock
     listener = socket.create_server(("127.0.0.1", 0))
