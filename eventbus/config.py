@@ -48,6 +48,10 @@ class Settings:
     webhook_lease: float = 15.0
     #: Factor on every webhook retry delay (a testing aid).
     webhook_retry_scale: float = 1.0
+    #: Webhook attempts in flight at once in a process (and sockets to receivers open).
+    webhook_concurrency: int = 64
+    #: Channels of one webhook subscription with an attempt in flight at once.
+    webhook_subscription_concurrency: int = 4
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -63,6 +67,8 @@ class Settings:
 
 
 DEFAULTS = Settings()
+#: Highest --webhook-concurrency (and per-subscription concurrency) accepted.
+MAX_WEBHOOK_CONCURRENCY = 10_000
 
 
 class Options(usage.Options):
@@ -90,6 +96,12 @@ class Options(usage.Options):
         ["webhook-lease", None, DEFAULTS.webhook_lease,
          "Seconds a process's claim on a webhook subscription holds without renewal;"
          " another process takes over this long after the owner died.", float],
+        ["webhook-concurrency", None, DEFAULTS.webhook_concurrency,
+         "Webhook delivery attempts in flight at once in this process; also the most"
+         " connections to receivers it keeps open.", int],
+        ["webhook-subscription-concurrency", None, DEFAULTS.webhook_subscription_concurrency,
+         "Channels of one webhook subscription with an attempt in flight at once; the"
+         " others take turns.", int],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
@@ -122,6 +134,12 @@ class Options(usage.Options):
             raise usage.UsageError("--webhook-retry-scale must be positive")
         if not 1 <= self["webhook-lease"] <= 3600:
             raise usage.UsageError("--webhook-lease must be from 1 to 3600 seconds")
+        if not 1 <= self["webhook-concurrency"] <= MAX_WEBHOOK_CONCURRENCY:
+            raise usage.UsageError(f"--webhook-concurrency must be from 1 to {MAX_WEBHOOK_CONCURRENCY}")
+        if not 1 <= self["webhook-subscription-concurrency"] <= MAX_WEBHOOK_CONCURRENCY:
+            raise usage.UsageError(
+                f"--webhook-subscription-concurrency must be from 1 to {MAX_WEBHOOK_CONCURRENCY}"
+            )
 
     def settings(self) -> Settings:
         return Settings.from_options(self)
