@@ -15,7 +15,7 @@ import pytest
 
 from tests.servers import REPO
 
-SCENARIOS = {"publish", "batch", "wake", "waiters", "large-store", "sse"}
+SCENARIOS = {"publish", "batch", "wake", "waiters", "large-store", "sse", "webhooks"}
 SMOKE_TIMEOUT_S = 150
 
 
