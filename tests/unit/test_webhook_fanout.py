@@ -181,7 +181,7 @@ def test_attempts_beyond_the_process_bound_wait_their_turn_first_come_first_serv
     results = [net.attempt(url=f"http://h{n}.test/", msg_id=f"1/c/ch/{n}") for n in range(5)]
     assert len(net.reactor.tcpClients) == 2
     order = []
-    for n in range(5):
+    for _ in range(5):
         protocol, transport = net.accept()
         order.append(net.msg_id(transport))
         assert net.open_sockets() <= 2
