@@ -217,20 +217,23 @@ def test_near_the_open_files_limit_an_attempt_waits_without_failing_and_idle_con
 
 # -- turns within a subscription ---------------------------------------------------------------
 class _Store:
-    """Cursors and events of one subscription's channels, in memory."""
+    """Channels (their heads) and the subscriptions' cursors, in memory."""
 
     def __init__(self, channels: dict[str, int]) -> None:
         self.heads = channels
-        self.cursors: dict[str, int] = {}
+        self.by_sub: dict[tuple[int, str], int] = {}
+
+    def cursors(self, sid: int = 1) -> dict[str, int]:
+        return {ch: c for (s, ch), c in self.by_sub.items() if s == sid}
 
     async def pending_channels(self, sid, context):
-        return [ch for ch, head in self.heads.items() if head > self.cursors.get(ch, 0)]
+        return [ch for ch, head in self.heads.items() if head > self.by_sub.get((sid, ch), 0)]
 
     async def cursor(self, sid, channel, owner):
-        return self.cursors.setdefault(channel, 0)
+        return self.by_sub.setdefault((sid, channel), 0)
 
     async def delivered(self, sid, channel, owner, event_id, status):
-        self.cursors[channel] = event_id
+        self.by_sub[sid, channel] = event_id
         return True
 
     async def failed(self, sid, channel, owner, status, error):
@@ -260,17 +263,26 @@ class _HeldSender:
         return msg_id
 
 
-def _owned(clock, store, sender, channel="*", sid=1, channel_concurrency=4) -> OwnedSubscription:
+def _service(clock, store, sender, concurrency=DEFAULTS.webhook_concurrency,
+             channel_concurrency=4) -> WebhookService:
     notifier = Notifier(clock, None)  # type: ignore[arg-type]
     service = WebhookService(
         clock, store, store, notifier, disable_after=DEFAULTS.webhook_disable_after,
         allow_private=True, retry_scale=1.0, lease=DEFAULTS.webhook_lease,
-        concurrency=DEFAULTS.webhook_concurrency, channel_concurrency=channel_concurrency)
+        concurrency=concurrency, channel_concurrency=channel_concurrency)
     service.sender = sender  # type: ignore[assignment]
+    return service
+
+
+def _own(service: WebhookService, sid: int = 1, channel: str = "*") -> OwnedSubscription:
     owned = OwnedSubscription(service, Claimed(id=sid, context="ctx", channel=channel,
                                                url="http://h/", secret=new_secret()))
     owned.start()
     return owned
+
+
+def _owned(clock, store, sender, channel_concurrency=4) -> OwnedSubscription:
+    return _own(_service(clock, store, sender, channel_concurrency=channel_concurrency))
 
 
 def test_channels_of_a_subscription_take_turns_a_few_at_a_time_each_in_order():
@@ -292,7 +304,7 @@ def test_channels_of_a_subscription_take_turns_a_few_at_a_time_each_in_order():
     firsts = [n for n, (_, i) in enumerate(delivered) if i == 1]
     seconds = [n for n, (_, i) in enumerate(delivered) if i == 2]
     assert max(firsts) < min(seconds)
-    assert store.cursors == {ch: 3 for ch in channels}
+    assert store.cursors() == {ch: 3 for ch in channels}
 
 
 def test_a_failing_channel_waits_out_its_retry_delay_without_holding_a_turn():
@@ -308,24 +320,39 @@ def test_a_failing_channel_waits_out_its_retry_delay_without_holding_a_turn():
     clock.advance(2)  # the first retry delay is about 1 s
     assert [m for m, _ in sender.pending] == ["1/ctx/bad/1"]
     sender.answer()
-    assert store.cursors == {"bad": 1, "good": 5}
+    assert store.cursors() == {"bad": 1, "good": 5}
+
+
+def test_the_process_takes_at_most_its_concurrency_in_turns_over_all_subscriptions():
+    clock = Clock()
+    store, sender = _Store({f"ch{n:02}": 2 for n in range(10)}), _HeldSender()
+    service = _service(clock, store, sender, concurrency=6)
+    for sid in (1, 2, 3):  # each may have 4 channels in flight: 12 > 6
+        _own(service, sid=sid)
+    answered = 0
+    while sender.pending:
+        assert len(sender.pending) <= 6
+        sender.answer()
+        answered += 1
+    assert sender.peak == 6 and answered == 3 * 10 * 2
+    assert all(store.cursors(sid) == dict.fromkeys(store.heads, 2) for sid in (1, 2, 3))
 
 
 def test_a_subscription_with_many_lagging_channels_does_not_starve_another():
     net = _Net(concurrency=4)
-    store = _Store({f"ch{n:03}": 1 for n in range(40)})
-    lone = _Store({"lone": 1})
-    _owned(net.reactor, store, net.sender, sid=1)
-    _owned(net.reactor, lone, net.sender, sid=2)
+    store = _Store({f"ch{n:03}": 1 for n in range(40)} | {"lone": 1})
+    service = _service(net.reactor, store, net.sender, concurrency=4)
+    _own(service, sid=1)
+    _own(service, sid=2, channel="lone")
     sent = []
-    while len(sent) < 41:
+    while len(sent) < 42:
         protocol, transport = net.accept()
         sent.append(net.msg_id(transport))
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
         protocol.connectionLost(Failure(ConnectionDone()))
     # The busy subscription has at most 4 attempts queued ahead of the lone one.
     assert sent.index("2/ctx/lone/1") <= 4, sent
-    assert lone.cursors == {"lone": 1} and len(store.cursors) == 40
+    assert store.cursors(2) == {"lone": 1} and len(store.cursors(1)) == 41
 
 
 # -- options and URLs ------------------------------------------------------------------------
