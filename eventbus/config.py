@@ -48,7 +48,8 @@ class Settings:
     webhook_lease: float = 15.0
     #: Factor on every webhook retry delay (a testing aid).
     webhook_retry_scale: float = 1.0
-    #: Webhook attempts in flight at once in a process (and sockets to receivers open).
+    #: Webhook channels taking their turn at once in a process: attempts in
+    #: flight, pages held, sockets to receivers open.
     webhook_concurrency: int = 64
     #: Channels of one webhook subscription with an attempt in flight at once.
     webhook_subscription_concurrency: int = 4
@@ -97,8 +98,9 @@ class Options(usage.Options):
          "Seconds a process's claim on a webhook subscription holds without renewal;"
          " another process takes over this long after the owner died.", float],
         ["webhook-concurrency", None, DEFAULTS.webhook_concurrency,
-         "Webhook delivery attempts in flight at once in this process; also the most"
-         " connections to receivers it keeps open.", int],
+         "Webhook deliveries in progress at once in this process (channels taking"
+         " their turn, attempts in flight); also the most connections to receivers"
+         " it keeps open.", int],
         ["webhook-subscription-concurrency", None, DEFAULTS.webhook_subscription_concurrency,
          "Channels of one webhook subscription with an attempt in flight at once; the"
          " others take turns.", int],
