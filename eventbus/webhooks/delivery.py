@@ -8,16 +8,16 @@ lease stops instead of moving a cursor.
 
 Bounded fan-out: a channel with work queues for a *turn* in its
 subscription; at most ``--webhook-subscription-concurrency`` channels of one
-subscription take their turn at once, the others wait first come, first
-served, and a turn ends at the end of a page, at a failure, or after the
-event that made it last :data:`TURN_S` while others wait (the channel then
-queues again at the back).  So thousands of lagging channels of a ``*``
-subscription cost a few requests, reads and pages in memory at a time, take
-turns fairly, and each keeps its own order.  Across subscriptions the
-:class:`~.sender.Sender` bounds the attempts in flight in the process
-(``--webhook-concurrency``, first come, first served); as a subscription has
-at most its few turns waiting there, one with many lagging channels cannot
-starve the others.
+subscription take their turn at once, and at most ``--webhook-concurrency``
+channels of all subscriptions (the service's ``turns``, first come, first
+served); a turn ends at the end of a page, at a failure, or after the event
+that made it last :data:`TURN_S` while others wait (the channel then queues
+again at the back).  So thousands of lagging channels cost a bounded number
+of requests, reads and pages in memory at a time, take turns fairly, and
+each keeps its own order; as a subscription has at most its few turns
+waiting for the process's, one with many lagging channels cannot starve the
+others.  The :class:`~.sender.Sender` bounds the attempts in flight (and
+the responses still being read) by the same number.
 
 An :class:`OwnedSubscription` is a wake-up subscriber of the notifier: a
 publish on one of its channels pokes that channel's
@@ -173,12 +173,20 @@ class OwnedSubscription(Subscriber):
             worker.addErrback(self._worker_failed)
 
     def others_wait(self) -> bool:
-        return bool(self._queue)
+        """Other channels, of this subscription or another, wait for a turn."""
+        return bool(self._queue) or bool(self.service.turns.waiting)
 
     async def _work(self) -> None:
+        turns = self.service.turns
         try:
             while self._queue and not self.stopped:
-                await self._queue.popleft().take_turn()
+                await turns.acquire()  # one of the process's turns
+                try:
+                    if not self._queue or self.stopped:
+                        break
+                    await self._queue.popleft().take_turn()
+                finally:
+                    turns.release()
         finally:
             self._turns -= 1
 

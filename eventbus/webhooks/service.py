@@ -60,8 +60,9 @@ class WebhookService(service.Service):
         channel_concurrency: int,
     ) -> None:
         """``lease``: how long a claim on a subscription holds without
-        renewal (renewed every third of it); ``concurrency``: attempts in
-        flight in the process; ``channel_concurrency``: channels of one
+        renewal (renewed every third of it); ``concurrency``: channels
+        taking their turn, and attempts in flight, in the process;
+        ``channel_concurrency``: channels of one
         subscription taking their turn at once; see :mod:`eventbus.config`."""
         self.reactor = reactor
         self.subscriptions = subscriptions
@@ -72,6 +73,8 @@ class WebhookService(service.Service):
         self.retry_scale = retry_scale
         self.lease = lease
         self.channel_concurrency = channel_concurrency
+        #: Channels of all subscriptions taking their turn at once (FIFO).
+        self.turns = defer.DeferredSemaphore(concurrency)
         #: Names this process in ``owner`` columns (and in the status).
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.sender = Sender(reactor, allow_private, concurrency)
