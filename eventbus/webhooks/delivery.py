@@ -97,7 +97,8 @@ class OwnedSubscription(Subscriber):
         self.wildcard = sub.channel == ALL_CHANNELS
         self.loops: dict[str, ChannelDelivery] = {}
         self._queue: deque[ChannelDelivery] = deque()
-        self._turns = 0  # channels taking their turn now
+        self._turns = 0  # workers: channels taking their turn, or about to
+        self._waiting = 0  # workers that have not taken a channel yet
         self._workers: set[defer.Deferred[None]] = set()
         self._subscription: Subscription | None = None
         self._discovering: defer.Deferred[None] | None = None
@@ -164,8 +165,15 @@ class OwnedSubscription(Subscriber):
             return
         loop.state = _State.QUEUED
         self._queue.append(loop)
-        while self._queue and self._turns < self.service.channel_concurrency and not self.stopped:
-            self._turns += 1  # counted before it runs: a turn may queue again at once
+        # A worker per queued channel, up to the bound; counted before it
+        # runs, since a turn may queue its channel again at once.
+        while (
+            not self.stopped
+            and self._waiting < len(self._queue)
+            and self._turns < self.service.channel_concurrency
+        ):
+            self._turns += 1
+            self._waiting += 1
             worker = defer.ensureDeferred(self._work())
             if not worker.called:
                 self._workers.add(worker)
@@ -178,17 +186,27 @@ class OwnedSubscription(Subscriber):
 
     async def _work(self) -> None:
         turns = self.service.turns
+        waiting = True  # counted in self._waiting
         try:
-            while self._queue and not self.stopped:
+            while not self.stopped:
                 await turns.acquire()  # one of the process's turns
                 try:
                     if not self._queue or self.stopped:
                         break
-                    await self._queue.popleft().take_turn()
+                    loop = self._queue.popleft()
+                    waiting = False
+                    self._waiting -= 1
+                    await loop.take_turn()
                 finally:
                     turns.release()
+                if not self._queue:
+                    break
+                waiting = True
+                self._waiting += 1
         finally:
             self._turns -= 1
+            if waiting:
+                self._waiting -= 1
 
     def _worker_ended(self, result: Any, worker: defer.Deferred[None]) -> Any:
         self._workers.discard(worker)

@@ -380,3 +380,17 @@ def test_a_url_with_port_0_or_out_of_range_is_refused(url):
 def test_every_port_from_1_to_65535_is_accepted():
     assert parse_url("http://h:1/")[2] == 1
     assert parse_url("https://h:65535/")[2] == 65535
+
+
+def test_a_subscription_waiting_for_the_process_holds_no_more_workers_than_queued_channels():
+    clock = Clock()
+    store, sender = _Store({"a": 1, "b": 1, "c": 1}), _HeldSender()
+    service = _service(clock, store, sender, concurrency=1, channel_concurrency=1000)
+    owned = _own(service)
+    assert [m for m, _ in sender.pending] == ["1/ctx/a/1"]
+    # "b" and "c" wait for the process's only turn: a worker each, no more.
+    assert len(owned._workers) == 3
+    sender.answer()
+    sender.answer()
+    sender.answer()
+    assert store.cursors() == {"a": 1, "b": 1, "c": 1} and owned._workers == set()
