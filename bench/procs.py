@@ -201,17 +201,23 @@ class EventBus(ServerProcess):
 
     name = "eventbus"
 
-    def __init__(self, workdir: Path, dsn: str, extra: Optional[list[str]] = None) -> None:
+    def __init__(self, workdir: Path, dsn: str, extra: Optional[list[str]] = None,
+                 nofile: Optional[int] = None) -> None:
         super().__init__(workdir)
         self.dsn = dsn
         self.extra = extra or []
+        #: An open-files limit of its own (``ulimit -n``) instead of the hard limit.
+        self.nofile = nofile
 
     def command(self) -> list[str]:
         # No cap on held requests: the waiter scenarios hold thousands of
         # long polls from one loopback client.
-        return [sys.executable, "-m", "eventbus", "--dsn", self.dsn,
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog={BACKLOG}",
-                "--max-held-per-client", "0", *self.extra]
+        command = [sys.executable, "-m", "eventbus", "--dsn", self.dsn,
+                   "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog={BACKLOG}",
+                   "--max-held-per-client", "0", *self.extra]
+        if self.nofile is None:
+            return command
+        return ["sh", "-c", f'ulimit -n {self.nofile} && exec "$0" "$@"', *command]
 
     def create_token(self, name: str, *scopes: str) -> str:
         """A token made with ``eventbus token create`` against this server's database."""

@@ -60,8 +60,9 @@ class Context:
             self._pg = procs.Postgres(self.workdir).start()
         return self._pg.database(name)
 
-    def eventbus(self, dsn: str, *extra: str) -> procs.EventBus:
-        return self._start(procs.EventBus(self.workdir, dsn, list(extra)))
+    def eventbus(self, dsn: str, *extra: str, nofile: Optional[int] = None) -> procs.EventBus:
+        """An event bus server; ``nofile``: its ``ulimit -n`` (default: the hard limit)."""
+        return self._start(procs.EventBus(self.workdir, dsn, list(extra), nofile=nofile))
 
     def baseline_klein(self) -> procs.BaselineKlein:
         return self._start(procs.BaselineKlein(self.workdir))
@@ -100,10 +101,10 @@ def log(message: str) -> None:
 
 
 def _scenarios() -> dict[str, Callable[[Context], Result]]:
-    from bench.scenarios import batch, large_store, memory, publish, publish_auth, sse, wake, waiters
+    from bench.scenarios import batch, large_store, memory, publish, publish_auth, sse, wake, waiters, webhooks
 
     return {module.NAME: module.run
-            for module in (publish, publish_auth, batch, wake, waiters, large_store, sse, memory)}
+            for module in (publish, publish_auth, batch, wake, waiters, large_store, sse, memory, webhooks)}
 
 
 def missing_tools() -> list[str]:

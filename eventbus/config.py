@@ -59,6 +59,11 @@ class Settings:
     max_held_per_client: int = 1000
     #: Origins (``https://app.example.com``) whose web apps may call the API.
     cors_origin: tuple[str, ...] = ()
+    #: Webhook channels taking their turn at once in a process: attempts in
+    #: flight, pages held, sockets to receivers open.
+    webhook_concurrency: int = 64
+    #: Channels of one webhook subscription with an attempt in flight at once.
+    webhook_subscription_concurrency: int = 4
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -75,6 +80,8 @@ class Settings:
 
 
 DEFAULTS = Settings()
+#: Highest --webhook-concurrency (and per-subscription concurrency) accepted.
+MAX_WEBHOOK_CONCURRENCY = 10_000
 
 
 class Options(usage.Options):
@@ -111,6 +118,13 @@ class Options(usage.Options):
         ["max-held-per-client", None, DEFAULTS.max_held_per_client,
          "Most long polls, consumer next and SSE streams one client (a token, else a"
          " peer address) holds open at once; 0: no limit.", int],
+        ["webhook-concurrency", None, DEFAULTS.webhook_concurrency,
+         "Webhook deliveries in progress at once in this process (channels taking"
+         " their turn, attempts in flight); also the most connections to receivers"
+         " it keeps open.", int],
+        ["webhook-subscription-concurrency", None, DEFAULTS.webhook_subscription_concurrency,
+         "Channels of one webhook subscription with an attempt in flight at once; the"
+         " others take turns.", int],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
@@ -159,6 +173,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--auth must be one of {', '.join(MODES)}")
         if self["max-held-per-client"] < 0:
             raise usage.UsageError("--max-held-per-client must be 0 (no limit) or more")
+        if not 1 <= self["webhook-concurrency"] <= MAX_WEBHOOK_CONCURRENCY:
+            raise usage.UsageError(f"--webhook-concurrency must be from 1 to {MAX_WEBHOOK_CONCURRENCY}")
+        if not 1 <= self["webhook-subscription-concurrency"] <= MAX_WEBHOOK_CONCURRENCY:
+            raise usage.UsageError(
+                f"--webhook-subscription-concurrency must be from 1 to {MAX_WEBHOOK_CONCURRENCY}"
+            )
 
     def settings(self) -> Settings:
         return Settings.from_options(self)

@@ -90,6 +90,8 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         allow_private=settings.webhook_allow_private,
         retry_scale=settings.webhook_retry_scale,
         lease=settings.webhook_lease,
+        concurrency=settings.webhook_concurrency,
+        channel_concurrency=settings.webhook_subscription_concurrency,
     )
     streams = EventStreams(events, notifier, reactor, settings.heartbeat)
     resource = make_root(

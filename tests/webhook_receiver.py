@@ -42,11 +42,14 @@ def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -
 
 
 class _Site(server.Site):
-    """Remembers its open connections so they can be cut."""
+    """Remembers its open connections so they can be cut, and counts them."""
 
     def __init__(self, resource: Resource) -> None:
         super().__init__(resource)
         self.open: set[Any] = set()
+        #: Connections accepted so far, and the most open at once.
+        self.accepted = 0
+        self.peak_open = 0
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
@@ -59,6 +62,8 @@ class _Site(server.Site):
 
         protocol.connectionLost = connectionLost
         self.open.add(protocol)
+        self.accepted += 1
+        self.peak_open = max(self.peak_open, len(self.open))
         return protocol
 
 
@@ -74,6 +79,11 @@ class Receiver(Resource):
         self.failing = False
         #: Leave requests unanswered while True.
         self.hold = False
+        #: Answer each request this many seconds after it arrived (0: at once).
+        self.answer_after = 0.0
+        #: Requests being held by ``answer_after`` now, and the most at once.
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.port: Optional[int] = None
         self._listening: Any = None
         self._site = _Site(self)
@@ -99,11 +109,42 @@ class Receiver(Resource):
         self.requests.append(Received(time.monotonic(), headers, request.content.read()))
         if self.hold:
             return server.NOT_DONE_YET
+        if self.answer_after > 0:
+            return self._answer_later(request)
         if self.failing or len(self.requests) <= self.fail_first:
             request.setResponseCode(http.INTERNAL_SERVER_ERROR)
             return b"failing on purpose"
         request.setResponseCode(http.OK)
         return b"ok"
+
+    def _answer_later(self, request: Any) -> Any:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        done = []
+
+        def finished(_: Any = None) -> None:
+            if not done:
+                done.append(True)
+                self.in_flight -= 1
+
+        def answer() -> None:
+            if not done:
+                finished()
+                request.setResponseCode(http.OK)
+                request.write(b"ok")
+                request.finish()
+
+        request.notifyFinish().addBoth(finished)
+        reactor.callLater(self.answer_after, answer)
+        return server.NOT_DONE_YET
+
+    @property
+    def accepted(self) -> int:
+        return self._site.accepted
+
+    @property
+    def peak_open(self) -> int:
+        return self._site.peak_open
 
     def events(self) -> list[dict[str, Any]]:
         return [r.event for r in self.requests]

@@ -27,6 +27,7 @@ from zope.interface import implementer
 from eventbus.errors import InvalidInput
 
 MAX_URL_LEN = 2048
+MAX_PORT = 65535
 RESOLVE_TIMEOUT_S = 5.0
 #: Connecting (and the TLS handshake) gets this long.
 CONNECT_TIMEOUT_S = 10.0
@@ -50,7 +51,16 @@ def parse_url(url: str) -> tuple[str, str, int]:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         host = parts.hostname
+    except ValueError as e:
+        raise InvalidInput(f"url is not a valid URL: {e}") from None
+    try:
         port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        # Port 0 cannot be connected to; every other port is the receiver's choice.
+        raise InvalidInput(f"url port must be from 1 to {MAX_PORT}")
+    try:
         parsed = hyperlink.EncodedURL.from_text(url)
         if host and not _is_ip(host):
             # What the delivery client does to every URL; a host it cannot

@@ -33,7 +33,8 @@ from eventbus.notifier import Notifier
 from eventbus.storage.events import EventStore
 from eventbus.storage.webhooks import WebhookStore
 from eventbus.webhooks.addresses import check_public, parse_url
-from eventbus.webhooks.delivery import OwnedSubscription, Sender
+from eventbus.webhooks.delivery import OwnedSubscription
+from eventbus.webhooks.sender import Sender
 from eventbus.webhooks.signing import new_secret, secret_key
 
 log = Logger()
@@ -55,9 +56,14 @@ class WebhookService(service.Service):
         allow_private: bool,
         retry_scale: float,
         lease: float,
+        concurrency: int,
+        channel_concurrency: int,
     ) -> None:
         """``lease``: how long a claim on a subscription holds without
-        renewal (renewed every third of it); see :mod:`eventbus.config`."""
+        renewal (renewed every third of it); ``concurrency``: channels
+        taking their turn, and attempts in flight, in the process;
+        ``channel_concurrency``: channels of one
+        subscription taking their turn at once; see :mod:`eventbus.config`."""
         self.reactor = reactor
         self.subscriptions = subscriptions
         self.events = events
@@ -66,9 +72,12 @@ class WebhookService(service.Service):
         self.allow_private = allow_private
         self.retry_scale = retry_scale
         self.lease = lease
+        self.channel_concurrency = channel_concurrency
+        #: Channels of all subscriptions taking their turn at once (FIFO).
+        self.turns = defer.DeferredSemaphore(concurrency)
         #: Names this process in ``owner`` columns (and in the status).
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.sender = Sender(reactor, allow_private)
+        self.sender = Sender(reactor, allow_private, concurrency)
         self._owned: dict[int, OwnedSubscription] = {}
         self._scanner: task.LoopingCall | None = None
         self._scanning: defer.Deferred[None] | None = None
@@ -122,6 +131,7 @@ class WebhookService(service.Service):
             await self._scanning
         for sid in list(self._owned):
             self._drop(sid)
+        self.sender.close()
         try:
             await self.subscriptions.release(self.owner)
         except Exception as e:

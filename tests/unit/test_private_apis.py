@@ -1,9 +1,11 @@
 """The private Twisted APIs we rely on still exist and mean what we assume.
 
-Two places use them, each wrapped in one module: ``eventbus.__main__``
-(twistd's ``_SomeApplicationRunner``, to exit 0 after a clean SIGTERM) and
+Three places use them, each wrapped in one module: ``eventbus.__main__``
+(twistd's ``_SomeApplicationRunner``, to exit 0 after a clean SIGTERM),
 ``eventbus.http.wire`` (a TCP transport's write buffer, to send SSE chunks
-straight to the socket, and to free it when the connection is lost).  A Twisted upgrade that changes them fails here,
+straight to the socket, and to free it when the connection is lost) and
+``eventbus.webhooks.pool`` (the pool interface Agent calls, and
+``HTTP11ClientProtocol``'s quiescent callback and state).  A Twisted upgrade that changes them fails here,
 not in production.
 """
 
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import tcp
+from twisted.internet import defer, tcp
+from twisted.internet.testing import MemoryReactorClock
 from twisted.scripts import twistd
+from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.client import Agent
 
 from eventbus.http.wire import _unsent, drop_unsent
 
@@ -121,3 +126,33 @@ class _AnyReactor(_NoReactor):
 
     def removeReader(self, _: object) -> None:
         pass
+
+
+class _RecordingPool:
+    persistent = True
+
+    def __init__(self) -> None:
+        self.asked: list[object] = []
+
+    def getConnection(self, key: object, endpoint: object) -> defer.Deferred:
+        self.asked.append(key)
+        return defer.Deferred()
+
+
+class _Endpoints:
+    def endpointForURI(self, uri: object) -> object:
+        return object()
+
+
+def test_agent_still_asks_its_pool_for_a_connection_per_scheme_host_and_port():
+    pool = _RecordingPool()
+    agent = Agent.usingEndpointFactory(MemoryReactorClock(), _Endpoints(), pool=pool)  # type: ignore[arg-type]
+    agent.request(b"POST", b"http://receiver.test:8080/hook")
+    assert pool.asked == [(b"http", b"receiver.test", 8080)]
+
+
+def test_an_http11_client_protocol_still_starts_quiescent_and_takes_its_callback():
+    returned: list[object] = []
+    protocol = HTTP11ClientProtocol(returned.append)
+    assert protocol.state == "QUIESCENT"
+    assert protocol._quiescentCallback == returned.append  # what it calls once a response is read

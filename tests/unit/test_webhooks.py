@@ -19,14 +19,8 @@ from eventbus.model import Claimed
 from eventbus.notifier import Notifier
 from eventbus.storage.notify import decode
 from eventbus.webhooks.addresses import AddressRefused, CheckedEndpoint, parse_url, refusal
-from eventbus.webhooks.delivery import (
-    BACKOFF_S,
-    JITTER,
-    REQUEST_TIMEOUT_S,
-    OwnedSubscription,
-    Sender,
-    retry_delay,
-)
+from eventbus.webhooks.delivery import BACKOFF_S, JITTER, OwnedSubscription, retry_delay
+from eventbus.webhooks.sender import REQUEST_TIMEOUT_S, Sender
 from eventbus.webhooks.service import WebhookService
 from eventbus.webhooks.signing import new_secret, secret_key, sign
 
@@ -36,6 +30,8 @@ def webhook_service(clock, subscriptions, events, notifier) -> WebhookService:
         clock, subscriptions, events, notifier,
         disable_after=DEFAULTS.webhook_disable_after, allow_private=False,
         retry_scale=1.0, lease=DEFAULTS.webhook_lease,
+        concurrency=DEFAULTS.webhook_concurrency,
+        channel_concurrency=DEFAULTS.webhook_subscription_concurrency,
     )
 
 
@@ -132,7 +128,7 @@ class _SilentHTTP:
 def test_an_attempt_without_an_answer_fails_after_10_s_with_a_signed_request():
     clock = Clock()
     clock.advance(1_700_000_000)
-    service = Sender(clock, allow_private=False)
+    service = Sender(clock, allow_private=False, concurrency=DEFAULTS.webhook_concurrency)
     service.http = _SilentHTTP()  # type: ignore[assignment]
     key = secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
     result = []
@@ -168,7 +164,7 @@ class _RefusingHTTP:
 
 
 def test_an_attempt_that_cannot_be_sent_is_a_counted_failure_not_a_crash():
-    service = Sender(Clock(), allow_private=False)
+    service = Sender(Clock(), allow_private=False, concurrency=DEFAULTS.webhook_concurrency)
     service.http = _RefusingHTTP()  # type: ignore[assignment]
     result = []
     defer.ensureDeferred(service.attempt("http://[2606:4700::1111]/", b"k" * 32, "1/c/ch/1",
