@@ -65,3 +65,14 @@ class TooManyRequests(EventBusError):
         super().__init__(message)
         #: Seconds after which a retry may succeed.
         self.retry_after = retry_after
+
+
+class Gone(EventBusError):
+    """What was asked for was deleted by retention: the events after a
+    cursor, up to ``first_id`` - 1 (``missed`` of them)."""
+
+    def __init__(self, message: str, *, first_id: int, missed: int) -> None:
+        super().__init__(message)
+        #: The first event still stored (or, if none is, the next to come).
+        self.first_id = first_id
+        self.missed = missed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
+from eventbus.http.channels import ChannelsResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
@@ -18,7 +19,9 @@ from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
 from eventbus.http.tokens import TokensResource
+from eventbus.model import Retention
 from eventbus.notifier import Notifier
+from eventbus.storage.channels import ChannelStore
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.tokens import TokenService
@@ -36,6 +39,8 @@ def make_root(
     max_batch: int,
     tokens: TokenService | None = None,
     gate: Gate | None = None,
+    channels: ChannelStore | None = None,
+    retention: Retention | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
@@ -46,4 +51,6 @@ def make_root(
     }
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()
+    if channels is not None:
+        apps[b"channels"] = ChannelsResource(channels, retention or Retention()).router.resource()
     return Root(apps, gate)

@@ -117,6 +117,12 @@ def int_param(name: str, value: str, low: int, high: int) -> int:
     return int(value)
 
 
+def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {value[:40]!r}")
+    return value
+
+
 def path_id(value: str) -> int | None:
     """A positive id from a path segment, or None (the caller's 404)."""
     if not UINT.match(value) or not 1 <= int(value) <= MAX_ID + 1:

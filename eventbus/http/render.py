@@ -37,12 +37,13 @@ def no_content(request: Request) -> bytes:
     return b""
 
 
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+def error_body(message: str, **details: int) -> bytes:
+    """``{"error": message}``, and what a client needs to act on it (``details``)."""
+    return orjson.dumps({"error": message, **details})
 
 
-def error(request: Request, status: int, message: str) -> bytes:
-    return body(request, error_body(message), status)
+def error(request: Request, status: int, message: str, **details: int) -> bytes:
+    return body(request, error_body(message, **details), status)
 
 
 def events_array(context: str, channel: str, events: list[Event]) -> bytes:
@@ -63,6 +64,7 @@ def consumer_status(s: ConsumerStatus) -> bytes:
             "lag": s.lag,
             "in_flight": s.in_flight,
             "dead": s.dead,
+            "expired": s.expired,
             "lease": _seconds(s.lease_s),
             "max_deliveries": s.max_deliveries,
         }
@@ -76,7 +78,10 @@ def leased(context: str, channel: str, event: Event, deliveries: int, lease: str
 
 
 def delivery(context: str, channel: str, d: Delivery) -> bytes:
-    return leased(context, channel, d.event, d.deliveries, d.lease)
+    """A leased event; ``missed`` only the first time after retention made
+    the consumer skip events."""
+    body = leased(context, channel, d.event, d.deliveries, d.lease)
+    return body[:-1] + b',"missed":%d}' % d.missed if d.missed else body
 
 
 # -- webhook subscriptions ---------------------------------------------------------------
@@ -92,6 +97,7 @@ def subscription(state: SubscriptionState, secret: str | None = None) -> dict[st
             "last_attempt": c.last_attempt,
             "last_status": c.last_status,
             "last_error": c.last_error,
+            "expired": c.expired,
         }
         for c in state.channels
     }

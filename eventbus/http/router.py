@@ -47,6 +47,7 @@ from eventbus.errors import (
     Conflict,
     EventBusError,
     Forbidden,
+    Gone,
     InvalidInput,
     NotFound,
     TooLarge,
@@ -68,6 +69,7 @@ STATUS: dict[type[EventBusError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    Gone: 410,
     TooLarge: 413,
     TooManyRequests: 429,
     Unavailable: 503,
@@ -113,6 +115,8 @@ def error_response(request: Request, error: EventBusError) -> bytes:
         request.setHeader(b"WWW-Authenticate", INVALID_TOKEN_CHALLENGE if error.token_sent else CHALLENGE)
     elif isinstance(error, TooManyRequests):
         request.setHeader(b"Retry-After", b"%d" % error.retry_after)
+    elif isinstance(error, Gone):
+        return render.error(request, 410, error.message, first_id=error.first_id, missed=error.missed)
     return render.error(request, status_of(error), error.message)
 
 

@@ -47,7 +47,8 @@ from eventbus.model import (
     Leased,
     LeaseOutcome,
 )
-from eventbus.storage import pages
+from eventbus.storage import consumer_rows as rows
+from eventbus.storage import pages, retention
 from eventbus.storage.database import Cursor, Database, select_list
 from eventbus.storage.notify import STATE_CHANGED, notify_sql
 
@@ -55,23 +56,8 @@ from eventbus.storage.notify import STATE_CHANGED, notify_sql
 #: chosen row under it, before giving up for this round (the caller retries).
 LEASE_ATTEMPTS = 3
 
-# An event row is dead when marked so, or when it has used up its deliveries
-# and is no longer leased (an expired lease, or put back by a nack or a
-# lowered max_deliveries).  Needs aliases ``e`` (consumer_events) and ``c``
-# (consumers); ``{now}`` is the clock: the transaction's reading ``%(now)s``
-# under the lock, or the statement's ``now()`` for lock-free reads.
-_DEAD = (
-    "(e.state = 'dead' OR e.deliveries >= c.max_deliveries"
-    " AND (e.state = 'available' OR e.lease_until <= {now}))"
-)
-_IN_FLIGHT = "(e.state = 'leased' AND e.lease_until > {now})"
-_READY = (
-    "(e.state = 'available' AND e.available_at <= %(now)s OR e.state = 'leased' AND e.lease_until <= %(now)s)"
-)
-_LOCKED_NOW = "%(now)s"
-_STATEMENT_NOW = "now()"
-_CONSUMER = "c.context = %(context)s AND c.channel = %(channel)s AND c.name = %(name)s"
-_HEAD = "coalesce((SELECT last_id FROM channels WHERE context = %(context)s AND channel = %(channel)s), 0)"
+_DEAD, _IN_FLIGHT, _READY = rows.DEAD, rows.IN_FLIGHT, rows.READY
+_LOCKED_NOW, _STATEMENT_NOW, _CONSUMER, _HEAD = rows.LOCKED_NOW, rows.STATEMENT_NOW, rows.CONSUMER, rows.HEAD
 # Tells waiting ``next`` requests (in every process) that the consumer's
 # state changed: the channel's notification with head STATE_CHANGED, which
 # announces no event, so a waiter tells it apart from a publish.
@@ -90,10 +76,18 @@ class _Consumer(NamedTuple):
     lease_s: float
     max_deliveries: int
     next_new: int
+    #: Events retention deleted since the last lease, not reported yet.
+    missed: int
 
 
 _CONSUMER_COLUMNS = select_list(
-    _Consumer, id="id", mode="mode", lease_s="lease_s", max_deliveries="max_deliveries", next_new="next_new"
+    _Consumer,
+    id="id",
+    mode="mode",
+    lease_s="lease_s",
+    max_deliveries="max_deliveries",
+    next_new="next_new",
+    missed="missed",
 )
 
 
@@ -110,6 +104,7 @@ _STATUS_COLUMNS = select_list(
     lag=f"s.pending + greatest(0, {_HEAD} - c.next_new + 1)",
     in_flight="s.in_flight",
     dead="s.dead",
+    expired="c.expired",
 )
 _BACKLOG_COLUMNS = select_list(
     Backlog,
@@ -180,8 +175,11 @@ class ConsumerStore:
                         "    %(now)s + %(lease)s * interval '1 second')",
                         q,
                     )
-                    await cur.execute("UPDATE consumers SET next_new = %(id)s + 1 WHERE id = %(cid)s", q)
-                    return LeaseOutcome(backlog, Leased(event_id=chosen, token=q["token"], deliveries=1))
+                    await cur.execute(
+                        "UPDATE consumers SET next_new = %(id)s + 1, missed = 0 WHERE id = %(cid)s", q
+                    )
+                    leased = Leased(event_id=chosen, token=q["token"], deliveries=1, missed=row.missed)
+                    return LeaseOutcome(backlog, leased)
                 # Re-checked against the row's latest version: an ack or nack
                 # that committed meanwhile makes this match nothing.
                 await cur.execute(
@@ -195,9 +193,10 @@ class ConsumerStore:
                 )
                 updated = cur.fetchall()
                 if updated:
-                    return LeaseOutcome(
-                        backlog, Leased(event_id=chosen, token=q["token"], deliveries=updated[0][0])
-                    )
+                    if row.missed:
+                        await cur.execute("UPDATE consumers SET missed = 0 WHERE id = %(cid)s", q)
+                    leased = Leased(chosen, q["token"], deliveries=updated[0][0], missed=row.missed)
+                    return LeaseOutcome(backlog, leased)
             return LeaseOutcome(backlog._replace(next_change_s=0.0), None)
 
         return await self.database.transaction(work)
@@ -375,17 +374,19 @@ class ConsumerStore:
         row = cur.fetchone()
         if row is not None or create is None:
             return (None if row is None else _Consumer(*row)), False
+        # Where the channel starts now, and no prune under way or until we commit.
+        await cur.execute(retention.SHARED_CHANNEL_LOCK, p)
+        start = {"earliest": "1", "latest": f"{_HEAD} + 1"}.get(str(create.start), "%(start)s::bigint")
+        # An id below what retention deleted starts at the first stored
+        # event; the ones in between count as expired ("earliest" skips none).
+        skipped = f"greatest(0, {retention.PRUNED_TO} + 1 - {start})"
         if create.start == "earliest":
-            next_new = "1"
-        elif create.start == "latest":
-            next_new = f"{_HEAD} + 1"
-        else:
-            next_new = "%(start)s"
+            skipped = "0"
         await cur.execute(
             "INSERT INTO consumers (context, channel, name, mode, lease_s, max_deliveries,"
-            "    next_new)"
+            "    next_new, expired, missed)"
             " VALUES (%(context)s, %(channel)s, %(name)s, %(mode)s, %(lease)s, %(max)s,"
-            f"    {next_new})"
+            f"    greatest({start}, {retention.PRUNED_TO} + 1), {skipped}, {skipped})"
             " ON CONFLICT (context, channel, name) DO NOTHING"
             f" RETURNING {_CONSUMER_COLUMNS}",
             dict(p, mode=create.mode, lease=create.lease_s, max=create.max_deliveries, start=create.start),

@@ -29,7 +29,7 @@ class RecordingStore:
     """Records every call; answers like an empty database (append gives id 1)."""
 
     answers: dict[str, Any] = {"append": [Event(1, 1700000000.0, "unit", '{"a": 1}')],
-                               "head": 0}
+                               "head": 0, "bounds": (1, 0)}
 
     def __init__(self, fail_with: Optional[Exception] = None) -> None:
         self.calls: list[tuple[str, tuple]] = []
