@@ -407,3 +407,60 @@ async def test_a_webhook_subscription_skips_and_counts_what_retention_deleted(se
 
 async def _ready(value: Any) -> Any:
     return value
+
+
+def test_an_sse_stream_that_falls_behind_retention_says_what_it_skipped_mid_stream(server, channel_name):
+    """A client that stops reading holds its stream at a page; retention
+    deletes what it has not read; when it reads on, the stream tells it
+    (``event: expired``) and carries on from the first stored event: no
+    event is skipped without a word."""
+    import http.client
+    import socket
+    import time
+
+    from tests.sse_client import SSEClient
+
+    def call(method: str, path: str, body: Any = None, headers: Any = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, json.loads(data) if data else None
+
+    big = "x" * 32_000
+    for batch in range(10):  # 300 events of 32 kB: pages of 32 events, megabytes to buffer
+        status, _ = call("POST", f"/events/{CTX}/{channel_name}", [{"n": batch * 30 + i, "pad": big}
+                                                                   for i in range(30)],
+                         {"X-EVENT-ISSUER": "tests"})
+        assert status == 201
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET /events/{CTX}/{channel_name}/stream?after=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    try:
+        status, _ = call("PATCH", f"/channels/{CTX}/{channel_name}", {"retention": {"max_events": 20}})
+        assert status == 200
+        deadline = time.monotonic() + 30
+        while call("GET", f"/channels/{CTX}/{channel_name}")[1]["first_id"] != 281:
+            assert time.monotonic() < deadline, "not pruned in time"
+            time.sleep(0.1)
+        client = SSEClient(b"")
+        while not any(m.id == "300" for m in client.messages):
+            data = sock.recv(1 << 20)
+            assert data, "the stream ended"
+            client.dataReceived(data)
+    finally:
+        sock.close()
+    events = [int(m.id) for m in client.messages if m.event == "event"]
+    expired = [m for m in client.messages if m.event == "expired"]
+    assert len(expired) == 1, "the client read on before retention deleted anything"
+    told = json.loads(expired[0].data)
+    before = [i for i in events if i < 281]
+    assert before == list(range(1, len(before) + 1)) and len(before) < 280
+    assert told == {"first_id": 281, "missed": 280 - len(before)}
+    assert expired[0].id == "280"
+    assert events[len(before):] == list(range(281, 301))
+    position = client.messages.index(expired[0])
+    assert [m.event for m in client.messages[position - 1:position + 2]] == ["event", "expired", "event"]

@@ -285,3 +285,28 @@ def test_a_follower_that_meets_a_gap_is_told_once_and_the_read_does_not_spin():
     notifier.subscribe(CTX, "a", follower)
     assert follower.gaps == [151] and follower.delivered == []
     assert store.page_calls == 1
+
+
+def test_a_broadcast_group_that_meets_a_gap_sends_its_members_back_to_read_the_store():
+    from eventbus.http.broadcast import Broadcaster
+
+    class Member:
+        def __init__(self, cursor: int) -> None:
+            self.cursor = cursor
+            self.last_write = 0.0
+            self.paused = False
+            self.sent: list[bytes] = []
+
+        def send(self, data: bytes) -> None:
+            self.sent.append(data)
+
+    clock, store = Clock(), StoredRange(last=100)
+    notifier = Notifier(clock, store)  # type: ignore[arg-type]
+    broadcaster = Broadcaster(notifier, clock, lambda c, ch, events: [b"x" for _ in events], 15.0, b"")
+    member = Member(cursor=100)
+    left = broadcaster.join(CTX, "a", member)
+    assert left is not None and not left.called
+    store.last, store.pruned_to = 300, 250  # published and deleted before the group read them
+    notifier.notify(CTX, "a", 300)
+    assert _result(left) is True  # read the store: that read tells its client
+    assert member.sent == [] and member.cursor == 100 and broadcaster.groups() == 0
