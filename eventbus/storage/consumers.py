@@ -21,7 +21,13 @@ Time is the database's (``clock_timestamp()``), read once per transaction
 after the lock is held, so several server processes agree on lease expiry.
 A lease that has expired stays ``leased`` in the table until the next
 leasing transaction of the consumer looks at it; readers treat it by its
-effective state (see :data:`_DEAD`).
+effective state (:mod:`.consumer_rows`).
+
+Retention (:mod:`.retention`) deletes events under the consumers' feet,
+holding the row locks of a channel's consumers: it moves ``next_new`` past
+what it deleted, drops their rows of it and counts what they lose in
+``expired`` and ``missed`` (reported, then reset, by the next lease).  A
+consumer being created starts no lower than the first event stored.
 
 Acks and nacks are single statements that do not take the consumer's lock:
 they lock only the event's row, and the leasing transaction re-checks its
@@ -47,7 +53,7 @@ from eventbus.model import (
     Leased,
     LeaseOutcome,
 )
-from eventbus.storage import consumer_rows as rows
+from eventbus.storage import consumer_rows as row_sql
 from eventbus.storage import pages, retention
 from eventbus.storage.database import Cursor, Database, select_list
 from eventbus.storage.notify import STATE_CHANGED, notify_sql
@@ -56,8 +62,13 @@ from eventbus.storage.notify import STATE_CHANGED, notify_sql
 #: chosen row under it, before giving up for this round (the caller retries).
 LEASE_ATTEMPTS = 3
 
-_DEAD, _IN_FLIGHT, _READY = rows.DEAD, rows.IN_FLIGHT, rows.READY
-_LOCKED_NOW, _STATEMENT_NOW, _CONSUMER, _HEAD = rows.LOCKED_NOW, rows.STATEMENT_NOW, rows.CONSUMER, rows.HEAD
+_DEAD, _IN_FLIGHT, _READY = row_sql.DEAD, row_sql.IN_FLIGHT, row_sql.READY
+_LOCKED_NOW, _STATEMENT_NOW, _CONSUMER, _HEAD = (
+    row_sql.LOCKED_NOW,
+    row_sql.STATEMENT_NOW,
+    row_sql.CONSUMER,
+    row_sql.HEAD,
+)
 # Tells waiting ``next`` requests (in every process) that the consumer's
 # state changed: the channel's notification with head STATE_CHANGED, which
 # announces no event, so a waiter tells it apart from a publish.
@@ -91,34 +102,7 @@ _CONSUMER_COLUMNS = select_list(
 )
 
 
-#: A consumer's state: the cursor is derived (every id below the lowest
-#: pending one, else below next_new, is acked or dead); the lag counts the
-#: pending events and those never delivered, up to the channel's head.
-_STATUS_COLUMNS = select_list(
-    ConsumerStatus,
-    name="c.name",
-    mode="c.mode",
-    lease_s="c.lease_s",
-    max_deliveries="c.max_deliveries",
-    cursor="coalesce(s.first_pending, c.next_new) - 1",
-    lag=f"s.pending + greatest(0, {_HEAD} - c.next_new + 1)",
-    in_flight="s.in_flight",
-    dead="s.dead",
-    expired="c.expired",
-)
-_BACKLOG_COLUMNS = select_list(
-    Backlog,
-    mode="%(mode)s",
-    next_new="%(next_new)s::bigint",
-    head=_HEAD,
-    in_flight=f"count(*) FILTER (WHERE {_IN_FLIGHT.format(now=_LOCKED_NOW)})",
-    first_pending="min(e.event_id)",
-    first_ready=f"min(e.event_id) FILTER (WHERE {_READY})",
-    next_change_s="extract(epoch FROM min(CASE"
-    f"   WHEN {_IN_FLIGHT.format(now=_LOCKED_NOW)} THEN e.lease_until"
-    "   WHEN e.state = 'available' AND e.available_at > %(now)s THEN e.available_at"
-    " END) - %(now)s)::float8",
-)
+_STATUS_COLUMNS, _BACKLOG_COLUMNS = row_sql.STATUS_COLUMNS, row_sql.BACKLOG_COLUMNS
 _DEAD_EVENT_COLUMNS = pages.slim_columns("ev")
 
 
