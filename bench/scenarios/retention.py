@@ -94,7 +94,7 @@ def run(ctx: Context) -> Result:
         return result.skip(reason)
     dsn = ctx.database("retention")
     bus = ctx.eventbus(dsn, "--retention-interval", str(INTERVAL_S))
-    backlog = ctx.size(400_000, 20_000)
+    backlog = ctx.size(1_000_000, 20_000)
     rounds: dict[str, list] = {"with": [], "without": []}
     runs: dict[str, list] = {"with": [], "without": []}
     pruning: list[dict[str, Any]] = []

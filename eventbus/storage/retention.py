@@ -34,11 +34,11 @@ Layer rule: storage; SQL and nothing else.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from eventbus.model import Retention
 from eventbus.storage import consumer_rows
-from eventbus.storage.database import Cursor, Database
+from eventbus.storage.database import Database
 
 #: First key of the per-channel advisory locks ("prun" in ASCII): its own
 #: key space, apart from the migrations' single bigint key.
@@ -84,33 +84,54 @@ SELECT id, context, channel, pruned_to, target FROM t WHERE target > pruned_to
  ORDER BY context, channel
 """
 
-#: Under the channel's locks: the lowest event a consumer holds on an
-#: unexpired lease (nothing from it on may go).
-_HELD_SQL = (
-    "SELECT min(e.event_id) FROM consumer_events e JOIN consumers c ON c.id = e.consumer_id"
-    " WHERE c.context = %(context)s AND c.channel = %(channel)s"
-    f"   AND {consumer_rows.IN_FLIGHT.format(now=consumer_rows.CLOCK_NOW)}"
-)
-#: The consumers' side of a prune up to ``%(upto)s``: their rows of deleted
-#: events go (those not dead are counted), and ``next_new`` moves past the
-#: run (what it skips is counted).
-_CONSUMERS_SQL = f"""/* eventbus_retention_consumers */
-WITH gone AS (
-    DELETE FROM consumer_events e USING consumers c
-     WHERE c.context = %(context)s AND c.channel = %(channel)s
-       AND e.consumer_id = c.id AND e.event_id <= %(upto)s
-    RETURNING e.consumer_id, NOT {consumer_rows.DEAD.format(now=consumer_rows.CLOCK_NOW)} AS counted
+_DEAD = consumer_rows.DEAD.format(now=consumer_rows.CLOCK_NOW)
+_IN_FLIGHT = consumer_rows.IN_FLIGHT.format(now=consumer_rows.CLOCK_NOW)
+_OF_CHANNEL = "c.context = %(context)s AND c.channel = %(channel)s"
+#: One batch, in one round trip: a multi-statement query runs as one
+#: transaction (PostgreSQL's implicit transaction block), so the locks are
+#: transaction-scoped and nothing is left on the session.  In order: the
+#: channel's advisory lock; its consumers' rows; then, in one snapshot taken
+#: after both, how far to go (``%(upto)s``, or below the lowest event a
+#: consumer holds on an unexpired lease), the events' DELETE by primary
+#: key, ``pruned_to``, and the consumers' side: their rows of deleted events
+#: go (those not dead are counted) and ``next_new`` moves past the run
+#: (what it skips is counted).  Returns where the channel was, where it is
+#: now, and how many events went.
+PRUNE_SQL = f"""/* eventbus_retention_prune */
+{_CHANNEL_LOCK};
+SELECT c.id FROM consumers c WHERE {_OF_CHANNEL} ORDER BY c.id FOR UPDATE;
+WITH b AS (
+    SELECT coalesce((SELECT r.pruned_to FROM channel_retention r WHERE r.channel_id = %(cid)s), 0) AS from_id,
+           least(%(upto)s::bigint, coalesce((
+               SELECT min(e.event_id) - 1 FROM consumer_events e JOIN consumers c ON c.id = e.consumer_id
+                WHERE {_OF_CHANNEL} AND {_IN_FLIGHT}), %(upto)s::bigint)) AS upto
+), run AS (
+    SELECT from_id, upto FROM b WHERE upto > from_id
+), del AS (
+    DELETE FROM events e USING run WHERE e.channel_id = %(cid)s AND e.id > run.from_id AND e.id <= run.upto
+    RETURNING e.id
+), mark AS (
+    INSERT INTO channel_retention AS r (channel_id, pruned_to) SELECT %(cid)s, upto FROM run
+    ON CONFLICT (channel_id) DO UPDATE SET pruned_to = greatest(r.pruned_to, EXCLUDED.pruned_to)
+    RETURNING r.pruned_to
+), gone AS (
+    DELETE FROM consumer_events e USING consumers c, run
+     WHERE {_OF_CHANNEL} AND e.consumer_id = c.id AND e.event_id <= run.upto
+    RETURNING e.consumer_id, NOT {_DEAD} AS counted
 ), n AS (
     SELECT consumer_id, count(*) FILTER (WHERE counted) AS n FROM gone GROUP BY consumer_id
 ), s AS (
-    SELECT c.id, coalesce(n.n, 0) + greatest(0, %(upto)s + 1 - c.next_new) AS skipped
-      FROM consumers c LEFT JOIN n ON n.consumer_id = c.id
-     WHERE c.context = %(context)s AND c.channel = %(channel)s
+    SELECT c.id, coalesce(n.n, 0) + greatest(0, run.upto + 1 - c.next_new) AS skipped
+      FROM consumers c CROSS JOIN run LEFT JOIN n ON n.consumer_id = c.id
+     WHERE {_OF_CHANNEL}
+), moved AS (
+    UPDATE consumers c
+       SET expired = c.expired + s.skipped, missed = c.missed + s.skipped,
+           next_new = greatest(c.next_new, run.upto + 1)
+      FROM s, run WHERE c.id = s.id AND (s.skipped > 0 OR c.next_new <= run.upto)
+    RETURNING c.id
 )
-UPDATE consumers c
-   SET expired = c.expired + s.skipped, missed = c.missed + s.skipped,
-       next_new = greatest(c.next_new, %(upto)s + 1)
-  FROM s WHERE c.id = s.id AND (s.skipped > 0 OR c.next_new <= %(upto)s)
+SELECT b.from_id, greatest(b.from_id, b.upto), (SELECT count(*) FROM del) FROM b
 """
 
 
@@ -158,42 +179,10 @@ class RetentionStore:
 
     async def prune(self, due: Due, upto: int) -> tuple[int, int]:
         """Delete the channel's events up to ``upto`` (less if a consumer holds
-        a lease on one), in one transaction; (its ``pruned_to`` now, events deleted)."""
-        p: dict[str, Any] = {
-            "cid": due.channel_id,
-            "context": due.context,
-            "channel": due.channel,
-            "upto": upto,
-        }
-
-        async def work(cur: Cursor) -> tuple[int, int]:
-            await cur.execute(_CHANNEL_LOCK, p)
-            await cur.execute(
-                "SELECT id FROM consumers WHERE context = %(context)s AND channel = %(channel)s"
-                " ORDER BY id FOR UPDATE",
-                p,
-            )
-            await cur.execute("SELECT pruned_to FROM channel_retention WHERE channel_id = %(cid)s", p)
-            found = cur.fetchone()
-            pruned_to = found[0] if found else 0
-            await cur.execute(_HELD_SQL, p)
-            held = cur.fetchone()[0]
-            if held is not None:
-                p["upto"] = min(upto, held - 1)
-            if p["upto"] <= pruned_to:
-                return pruned_to, 0
-            await cur.execute(
-                "DELETE FROM events WHERE channel_id = %(cid)s AND id > %(from)s AND id <= %(upto)s",
-                {**p, "from": pruned_to},
-            )
-            deleted = cur.rowcount
-            await cur.execute(
-                "INSERT INTO channel_retention (channel_id, pruned_to) VALUES (%(cid)s, %(upto)s)"
-                " ON CONFLICT (channel_id) DO UPDATE"
-                " SET pruned_to = greatest(channel_retention.pruned_to, EXCLUDED.pruned_to)",
-                p,
-            )
-            await cur.execute(_CONSUMERS_SQL, p)
-            return p["upto"], deleted
-
-        return await self.database.transaction(work)
+        a lease on one), in one transaction (:data:`PRUNE_SQL`); (its
+        ``pruned_to`` now, events deleted)."""
+        found = await self.database.query(
+            PRUNE_SQL, {"cid": due.channel_id, "context": due.context, "channel": due.channel, "upto": upto}
+        )
+        _, reached, deleted = found[0]
+        return int(reached), int(deleted)
