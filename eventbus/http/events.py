@@ -1,7 +1,9 @@
 """``/events``: publish, read the history, walk with ``peek``, follow over SSE.
 
 Invariant: a ``201`` is sent only after the event is committed, and every
-event a reader is given is a committed one, in id order.
+event a reader is given is a committed one, in id order; a reader whose
+next events retention deleted is told so (a ``410``, or ``Events-Missed``
+with ``on_expired=earliest``), never moved past them in silence.
 
 Handlers parse (:mod:`.params`), call the event store or the notifier, and
 render (:mod:`.render`); errors are raised and rendered by the router.
