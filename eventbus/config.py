@@ -64,6 +64,8 @@ class Settings:
     webhook_concurrency: int = 64
     #: Channels of one webhook subscription with an attempt in flight at once.
     webhook_subscription_concurrency: int = 4
+    #: Seconds an ``Idempotency-Key`` is remembered per channel.
+    idempotency_window: float = 86400.0
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -82,6 +84,8 @@ class Settings:
 DEFAULTS = Settings()
 #: Highest --webhook-concurrency (and per-subscription concurrency) accepted.
 MAX_WEBHOOK_CONCURRENCY = 10_000
+#: Longest --idempotency-window accepted: ten years.
+MAX_IDEMPOTENCY_WINDOW_S = 315_360_000
 
 
 class Options(usage.Options):
@@ -125,6 +129,9 @@ class Options(usage.Options):
         ["webhook-subscription-concurrency", None, DEFAULTS.webhook_subscription_concurrency,
          "Channels of one webhook subscription with an attempt in flight at once; the"
          " others take turns.", int],
+        ["idempotency-window", None, DEFAULTS.idempotency_window,
+         "Seconds an Idempotency-Key is remembered in its channel: a publish repeating"
+         " it within this time gets the first publish's answer.", float],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
@@ -178,6 +185,10 @@ class Options(usage.Options):
         if not 1 <= self["webhook-subscription-concurrency"] <= MAX_WEBHOOK_CONCURRENCY:
             raise usage.UsageError(
                 f"--webhook-subscription-concurrency must be from 1 to {MAX_WEBHOOK_CONCURRENCY}"
+            )
+        if not 1 <= self["idempotency-window"] <= MAX_IDEMPOTENCY_WINDOW_S:
+            raise usage.UsageError(
+                f"--idempotency-window must be from 1 to {MAX_IDEMPOTENCY_WINDOW_S} seconds"
             )
 
     def settings(self) -> Settings:

@@ -30,6 +30,7 @@ from eventbus.service import (
     SequentialService,
     TokenCacheService,
 )
+from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.consumers import ConsumerStore
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
@@ -69,6 +70,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     events = EventStore(database)
     notifier = Notifier(reactor, events, own_pids=database.backend_pids)
     events.on_append = notifier.published
+    conditional = ConditionalAppends(database, events.announce, window_s=settings.idempotency_window)
     token_store = TokenStore(database)
     holds = Holds(settings.max_held_per_client)
     token_cache = TokenCache(reactor, token_store, holds)
@@ -97,6 +99,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     resource = make_root(
         database=database,
         events=events,
+        conditional=conditional,
         notifier=notifier,
         streams=streams,
         consumers=consumers,

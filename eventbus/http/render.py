@@ -3,13 +3,15 @@
 Invariant: every complete answer the server sends goes through :func:`body`
 (a status, ``Content-Type: application/json`` and a ``Content-Length``, so
 nothing is chunked), and every error body is :func:`error_body` —
-``{"error": "<message>"}``.  Handlers never build either by hand.
+``{"error": "<message>"}``, with the error's ``details`` (JSON facts such
+as ``last_id``) beside it.  Handlers never build either by hand.
 
 Layer rule: the HTTP layer; renders domain values, never reads the store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -37,12 +39,15 @@ def no_content(request: Request) -> bytes:
     return b""
 
 
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+def error_body(message: str, details: Mapping[str, object] | None = None) -> bytes:
+    """``{"error": message}``, then the members of ``details`` (never another ``error``)."""
+    if not details:
+        return orjson.dumps({"error": message})
+    return orjson.dumps({"error": message, **{k: v for k, v in details.items() if k != "error"}})
 
 
-def error(request: Request, status: int, message: str) -> bytes:
-    return body(request, error_body(message), status)
+def error(request: Request, status: int, message: str, details: Mapping[str, object] | None = None) -> bytes:
+    return body(request, error_body(message, details), status)
 
 
 def events_array(context: str, channel: str, events: list[Event]) -> bytes:

@@ -76,7 +76,7 @@ class Bus:
             database=store, events=store, notifier=notifier,
             streams=EventStreams(store, notifier, clock, DEFAULTS.heartbeat),
             consumers=Consumers(clock, store, store, notifier), webhooks=None,
-            max_batch=DEFAULTS.max_batch,
+            max_batch=DEFAULTS.max_batch, conditional=store,
         )
         self.treq = StubTreq(root)
 
