@@ -20,11 +20,13 @@ from twisted.web.server import Request
 from eventbus.model import ALL_CHANNELS, ConsumerStatus, Delivery, Event, SubscriptionState, render_event
 
 JSON = b"application/json"
+#: Reason phrases twisted.web does not know (it would send "Unknown Status").
+REASONS = {422: b"Unprocessable Content", 429: b"Too Many Requests"}
 
 
 def body(request: Request, data: bytes, status: int = 200) -> bytes:
     """A complete JSON response (with Content-Length, so no chunking)."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASONS.get(status))
     request.setHeader(b"Content-Type", JSON)
     request.setHeader(b"Content-Length", b"%d" % len(data))
     return data
