@@ -15,7 +15,7 @@ import pytest
 
 from tests.servers import REPO
 
-SCENARIOS = {"publish", "publish-auth", "batch", "wake", "waiters", "large-store", "sse", "memory", "webhooks"}
+SCENARIOS = {"publish", "publish-auth", "publish-keyed", "batch", "wake", "waiters", "large-store", "sse", "memory", "webhooks"}
 SMOKE_TIMEOUT_S = 150
 
 
