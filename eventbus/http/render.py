@@ -11,7 +11,6 @@ Layer rule: the HTTP layer; renders domain values, never reads the store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -41,15 +40,16 @@ def no_content(request: Request) -> bytes:
     return b""
 
 
-def error_body(message: str, details: Mapping[str, object] | None = None) -> bytes:
-    """``{"error": message}``, then the members of ``details`` (never another ``error``)."""
+def error_body(message: str, **details: object) -> bytes:
+    """``{"error": message}``, then what a client needs to act on it
+    (``details``; never another ``error``)."""
     if not details:
         return orjson.dumps({"error": message})
     return orjson.dumps({"error": message, **{k: v for k, v in details.items() if k != "error"}})
 
 
-def error(request: Request, status: int, message: str, details: Mapping[str, object] | None = None) -> bytes:
-    return body(request, error_body(message, details), status)
+def error(request: Request, status: int, message: str, **details: object) -> bytes:
+    return body(request, error_body(message, **details), status)
 
 
 def events_array(context: str, channel: str, events: list[Event]) -> bytes:

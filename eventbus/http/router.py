@@ -116,7 +116,7 @@ def error_response(request: Request, error: EventBusError) -> bytes:
         request.setHeader(b"WWW-Authenticate", INVALID_TOKEN_CHALLENGE if error.token_sent else CHALLENGE)
     elif isinstance(error, TooManyRequests):
         request.setHeader(b"Retry-After", b"%d" % error.retry_after)
-    return render.error(request, status_of(error), error.message, error.details)
+    return render.error(request, status_of(error), error.message, **error.details)
 
 
 def routing_error(self: Any, request: IRequest, failure: Failure) -> bytes:

@@ -24,7 +24,8 @@ for this path, nor it for them, but for the channel lock.
 A ``503`` means the outcome is unknown (the statement may still commit):
 a retry with the same key replays it if it did, and stores it if it did
 not.  Records older than the window are ignored (and overwritten); the
-pruner deletes them in small batches (:func:`delete_expired_keys`).
+retention pruner deletes them in small batches, as one of its prune steps
+(:meth:`ConditionalAppends.prune_expired_keys`).
 
 Layer rule: storage; SQL and nothing else.
 """
@@ -49,8 +50,10 @@ log = Logger()
 #: As for plain appends: transactions in flight, events in one of them.
 MAX_FLUSHES_IN_FLIGHT = 2
 MAX_GROUP_EVENTS = 5000
-#: Expired idempotency records deleted per statement by the pruner.
+#: Expired idempotency records deleted per statement by the pruner, and
+#: statements per pruning round (the rest waits for the next round).
 PRUNE_BATCH = 500
+PRUNE_BATCHES_PER_ROUND = 100
 
 #: One group of conditional appends; one notification per channel that
 #: stored events (the function marks that row with the channel's new head).
@@ -99,6 +102,18 @@ class ConditionalAppends:
         self.window_s = window_s
         self._queue: deque[_Conditional] = deque()
         self._flushing = 0
+
+    async def prune_expired_keys(self) -> int:
+        """A prune step of the retention pruner (``Pruner.steps``): delete the
+        records older than the window, :data:`PRUNE_BATCH` per statement, at
+        most :data:`PRUNE_BATCHES_PER_ROUND` statements; return how many went."""
+        total = 0
+        for _ in range(PRUNE_BATCHES_PER_ROUND):
+            deleted = await delete_expired_keys(self.database, self.window_s, PRUNE_BATCH)
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        return total
 
     async def append(
         self, context: str, channel: str, issuer: str, payloads: list[str], condition: PublishCondition

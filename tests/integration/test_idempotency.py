@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
-from eventbus.storage.conditional import delete_expired_keys
+from eventbus.storage.conditional import ConditionalAppends, delete_expired_keys
 from eventbus.storage.database import QUERY_TIMEOUT_S, Database
 from tests.client import Response, get, request
 from tests.servers import ServerProcess
@@ -314,11 +314,19 @@ async def test_expired_keys_are_deleted_in_small_batches(servers, dsn, channel_n
                 break
         assert sum(deleted) >= 5 and len(deleted) >= 3
         assert _stored_keys(dsn, channel_name) == []
+        # The pruner's step does the same, batch after batch.
+        for i in range(3):
+            assert (await post(a, channel_name, b'{"m": %d}' % i, key=f"step-{i}")).code == 201
+        step = ConditionalAppends(database, lambda *_: None, window_s=3600.0).prune_expired_keys
+        assert await step() >= 0 and len(_stored_keys(dsn, channel_name)) == 3
+        await _sleep(1.2)
+        assert await ConditionalAppends(database, lambda *_: None, window_s=1.0).prune_expired_keys() >= 3
+        assert _stored_keys(dsn, channel_name) == []
     finally:
         database.close()
     # Forgotten: the same key stores again.
     r = await post(a, channel_name, b'{"n": 0}', key="old-0")
-    assert r.code == 201 and not _replayed(r) and r.json()["id"] == 6
+    assert r.code == 201 and not _replayed(r) and r.json()["id"] == 9
 
 
 # -- bad values -------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_a_reused_key_is_a_422():
 
 def test_error_details_come_after_the_message_and_never_replace_it():
     assert error_body("m") == b'{"error":"m"}'
-    assert error_body("m", {"last_id": 4, "error": "x"}) == b'{"error":"m","last_id":4}'
+    assert error_body("m", last_id=4, error="x") == b'{"error":"m","last_id":4}'
 
 
 # -- the option ------------------------------------------------------------------------------------
