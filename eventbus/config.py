@@ -74,6 +74,8 @@ class Settings:
     retention_max_events: int | None = None
     #: Seconds between two rounds of the pruner.
     retention_interval: float = 10.0
+    #: Seconds an ``Idempotency-Key`` is remembered per channel.
+    idempotency_window: float = 86400.0
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -101,6 +103,8 @@ MAX_WEBHOOK_CONCURRENCY = 10_000
 #: minute, with the leader's lease (three rounds) taken over in time.
 MIN_RETENTION_INTERVAL_S = 0.1
 MAX_RETENTION_INTERVAL_S = 15.0
+#: Longest --idempotency-window accepted: ten years.
+MAX_IDEMPOTENCY_WINDOW_S = 315_360_000
 
 
 class Options(usage.Options):
@@ -152,6 +156,9 @@ class Options(usage.Options):
          " channel's own setting overrides it); default: keep them all.", int],
         ["retention-interval", None, DEFAULTS.retention_interval,
          "Seconds between two rounds of the pruner (one process prunes at a time).", float],
+        ["idempotency-window", None, DEFAULTS.idempotency_window,
+         "Seconds an Idempotency-Key is remembered in its channel: a publish repeating"
+         " it within this time gets the first publish's answer.", float],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
@@ -217,6 +224,10 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--retention-interval must be from {MIN_RETENTION_INTERVAL_S:g}"
                 f" to {MAX_RETENTION_INTERVAL_S:g} seconds"
+            )
+        if not 1 <= self["idempotency-window"] <= MAX_IDEMPOTENCY_WINDOW_S:
+            raise usage.UsageError(
+                f"--idempotency-window must be from 1 to {MAX_IDEMPOTENCY_WINDOW_S} seconds"
             )
 
     def settings(self) -> Settings:

@@ -82,6 +82,25 @@ class ChannelInfo:
         return self.pruned_to + 1 if self.count else None
 
 
+class PublishCondition(NamedTuple):
+    """What a conditional publish asks for besides storing its events."""
+
+    #: ``Idempotency-Key``: a repeat within the window gets the first answer.
+    key: str | None
+    #: SHA-256 of the request body (hex), with a key: what makes a repeat the same.
+    digest: str | None
+    #: ``Expected-Last-Id``: store only if the channel's last id is this (0: empty).
+    expected: int | None
+
+
+class Appended(NamedTuple):
+    """The events a conditional publish stored, or those it stored before."""
+
+    events: list[Event]
+    #: True when these are the events of an earlier publish with the same key.
+    replayed: bool
+
+
 def check_name(kind: str, value: str) -> str:
     """``value`` if it is a valid name of a context, channel or consumer.
 

@@ -32,6 +32,7 @@ from eventbus.service import (
     TokenCacheService,
 )
 from eventbus.storage.channels import ChannelStore
+from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.consumers import ConsumerStore
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
@@ -73,6 +74,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     events = EventStore(database)
     notifier = Notifier(reactor, events, own_pids=database.backend_pids)
     events.on_append = notifier.published
+    conditional = ConditionalAppends(database, events.announce, window_s=settings.idempotency_window)
     token_store = TokenStore(database)
     holds = Holds(settings.max_held_per_client)
     token_cache = TokenCache(reactor, token_store, holds)
@@ -101,6 +103,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     resource = make_root(
         database=database,
         events=events,
+        conditional=conditional,
         notifier=notifier,
         streams=streams,
         consumers=consumers,
@@ -112,8 +115,9 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         retention=settings.retention,
     )
     pruner = Pruner(reactor, RetentionStore(database), settings.retention, settings.retention_interval)
-    # Prune steps beyond the events' own go here (see Pruner.steps), e.g.
-    # pruner.steps.append(<the idempotency keys' store>.prune_expired).
+    # Prune steps beyond the events' own (see Pruner.steps): the window of
+    # Idempotency-Key records.
+    pruner.steps.append(conditional.prune_expired_keys)
     site = EventBusSite(
         resource,
         max_body=settings.max_body,

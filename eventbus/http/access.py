@@ -47,7 +47,7 @@ CORS_ALLOW_HEADERS = (
     b"Authorization, Content-Type, X-EVENT-ISSUER, X-JISS-ISSUER, Idempotency-Key,"
     b" Expected-Last-Id, Last-Event-ID"
 )
-CORS_EXPOSE_HEADERS = b"Location, Retry-After, WWW-Authenticate, Allow, Link, Events-Missed, Events-First-Id"
+CORS_EXPOSE_HEADERS = b"Location, Retry-After, WWW-Authenticate, Allow, Link, Events-Missed, Events-First-Id, Idempotent-Replayed"
 CORS_MAX_AGE = b"600"
 
 #: Digests of recently presented tokens kept by the gate (it costs a hash

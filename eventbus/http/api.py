@@ -22,6 +22,7 @@ from eventbus.http.tokens import TokensResource
 from eventbus.model import Retention
 from eventbus.notifier import Notifier
 from eventbus.storage.channels import ChannelStore
+from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.tokens import TokenService
@@ -32,6 +33,7 @@ def make_root(
     *,
     database: Database,
     events: EventStore,
+    conditional: ConditionalAppends,
     notifier: Notifier,
     streams: EventStreams,
     consumers: Consumers,
@@ -45,7 +47,7 @@ def make_root(
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
         b"health": HealthResource(database).router.resource(),
-        b"events": EventsResource(events, notifier, streams, max_batch).router.resource(),
+        b"events": EventsResource(events, conditional, notifier, streams, max_batch).router.resource(),
         b"consumers": ConsumersResource(consumers).router.resource(),
         b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
     }

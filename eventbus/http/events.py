@@ -1,7 +1,8 @@
 """``/events``: publish, read the history, walk with ``peek``, follow over SSE.
 
-Invariant: a ``201`` is sent only after the event is committed, and every
-event a reader is given is a committed one, in id order; a reader whose
+Invariant: a ``201`` is sent only after the event is committed (or, for a
+repeat of an ``Idempotency-Key``, was committed by the first publish), and
+every event a reader is given is a committed one, in id order; a reader whose
 next events retention deleted is told so (a ``410``, or ``Events-Missed``
 with ``on_expired=earliest``), never moved past them in silence.
 
@@ -22,6 +23,7 @@ from eventbus.http.router import Router
 from eventbus.http.streams import EventStreams, stream_history
 from eventbus.model import MAX_ID, Event, Pruned, render_event, render_events
 from eventbus.notifier import Notifier
+from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.events import EventStore
 
 #: History takes ``start`` and ``limit``; ``peek`` walks instead, waiting up
@@ -39,8 +41,16 @@ class EventsResource:
 
     router = Router()
 
-    def __init__(self, store: EventStore, notifier: Notifier, streams: EventStreams, max_batch: int) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        conditional: ConditionalAppends,
+        notifier: Notifier,
+        streams: EventStreams,
+        max_batch: int,
+    ) -> None:
         self.store = store
+        self.conditional = conditional
         self.notifier = notifier
         self.streams = streams
         self.max_batch = max_batch
@@ -48,19 +58,30 @@ class EventsResource:
     @router.route("/events/<context>/<channel>", methods=["POST"], need=(Action.PUBLISH,))
     async def publish(self, request: Request, context: str, channel: str) -> bytes:
         issuer = publishing_issuer(access.principal_of(request), params.issuer(request))
-        text, value = params.payload(params.body(request))
+        raw = params.body(request)
+        condition = params.publish_condition(request, raw)
+        text, value = params.payload(raw)
         if isinstance(value, list):
-            return await self._publish_batch(request, context, channel, issuer, text, value)
-        if not isinstance(value, dict):
+            payloads = self._batch(text, value)
+        elif isinstance(value, dict):
+            payloads = [text]
+        else:
             raise InvalidInput("the payload must be a JSON object (or an array of objects)")
-        [event] = await self.store.append(context, channel, issuer, [text])
+        if condition is None:
+            events = await self.store.append(context, channel, issuer, payloads)
+        else:
+            appended = await self.conditional.append(context, channel, issuer, payloads, condition)
+            events = appended.events
+            if appended.replayed:
+                request.setHeader(b"Idempotent-Replayed", b"true")
+        if isinstance(value, list):
+            return render.body(request, b"[" + b",".join(render_events(context, channel, events)) + b"]", 201)
+        [event] = events
         request.setHeader(b"Location", f"/events/{context}/{channel}/{event.id}".encode())
         return render.body(request, render_event(context, channel, event), 201)
 
-    async def _publish_batch(
-        self, request: Request, context: str, channel: str, issuer: str, text: str, values: list[object]
-    ) -> bytes:
-        """An array body: all its events are stored atomically, in array order."""
+    def _batch(self, text: str, values: list[object]) -> list[str]:
+        """An array body: its events, to be stored atomically, in array order."""
         if not values:
             raise InvalidInput("a batch must hold at least one event")
         if len(values) > self.max_batch:
@@ -68,8 +89,7 @@ class EventsResource:
         for i, value in enumerate(values):
             if not isinstance(value, dict):
                 raise InvalidInput(f"batch element {i} is not a JSON object")
-        events = await self.store.append(context, channel, issuer, params.batch(text))
-        return render.body(request, b"[" + b",".join(render_events(context, channel, events)) + b"]", 201)
+        return params.batch(text)
 
     @router.route("/events/<context>/<channel>", methods=["GET"], need=(Action.READ,), query=READ_QUERY)
     async def read(self, request: Request, context: str, channel: str) -> bytes | None:

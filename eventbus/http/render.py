@@ -3,7 +3,8 @@
 Invariant: every complete answer the server sends goes through :func:`body`
 (a status, ``Content-Type: application/json`` and a ``Content-Length``, so
 nothing is chunked), and every error body is :func:`error_body` —
-``{"error": "<message>"}``.  Handlers never build either by hand.
+``{"error": "<message>"}``, with the error's ``details`` (JSON facts such
+as ``last_id``) beside it.  Handlers never build either by hand.
 
 Layer rule: the HTTP layer; renders domain values, never reads the store.
 """
@@ -18,11 +19,13 @@ from twisted.web.server import Request
 from eventbus.model import ALL_CHANNELS, ConsumerStatus, Delivery, Event, SubscriptionState, render_event
 
 JSON = b"application/json"
+#: Reason phrases twisted.web does not know (it would send "Unknown Status").
+REASONS = {422: b"Unprocessable Content", 429: b"Too Many Requests"}
 
 
 def body(request: Request, data: bytes, status: int = 200) -> bytes:
     """A complete JSON response (with Content-Length, so no chunking)."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASONS.get(status))
     request.setHeader(b"Content-Type", JSON)
     request.setHeader(b"Content-Length", b"%d" % len(data))
     return data
@@ -37,12 +40,15 @@ def no_content(request: Request) -> bytes:
     return b""
 
 
-def error_body(message: str, **details: int) -> bytes:
-    """``{"error": message}``, and what a client needs to act on it (``details``)."""
-    return orjson.dumps({"error": message, **details})
+def error_body(message: str, **details: object) -> bytes:
+    """``{"error": message}``, then what a client needs to act on it
+    (``details``; never another ``error``)."""
+    if not details:
+        return orjson.dumps({"error": message})
+    return orjson.dumps({"error": message, **{k: v for k, v in details.items() if k != "error"}})
 
 
-def error(request: Request, status: int, message: str, **details: int) -> bytes:
+def error(request: Request, status: int, message: str, **details: object) -> bytes:
     return body(request, error_body(message, **details), status)
 
 

@@ -238,13 +238,18 @@ class EventStore:
             for item in by_channel[(context, channel)]:
                 first = base + item.offset + 1
                 events = [Event(first + i, ts, item.issuer, p) for i, p in enumerate(item.payloads)]
-                if self.on_append is not None:
-                    try:
-                        self.on_append(context, channel, events)
-                    except Exception:
-                        log.failure("announcing appended events failed")
+                self.announce(context, channel, events)
                 done.append((item, events))
         return done
+
+    def announce(self, context: str, channel: str, events: list[Event]) -> None:
+        """Tell :attr:`on_append` of committed events (of any append path);
+        never raises: the events are committed whatever it does."""
+        if self.on_append is not None:
+            try:
+                self.on_append(context, channel, events)
+            except Exception:
+                log.failure("announcing appended events failed")
 
     # -- reads --------------------------------------------------------------
     async def event(self, context: str, channel: str, event_id: int) -> Event | None:

@@ -130,7 +130,7 @@ class Api:
         notifier: Any = FakeNotifier()
         self.channels = FakeChannels()
         root = make_root(
-            database=events, events=events, notifier=notifier,
+            database=events, events=events, conditional=events, notifier=notifier,
             streams=EventStreams(events, notifier, self.clock, 15.0),
             consumers=FakeConsumers(),  # type: ignore[arg-type]
             webhooks=FakeWebhooks(webhook_channel),  # type: ignore[arg-type]
