@@ -177,6 +177,8 @@ class Notifier:
         #: Wake-up subscriptions to every channel of a context.
         self._contexts: dict[str, set[Subscription]] = {}
         self.tail = TailCache()
+        #: Shutting down: long polls are answered at once, as at their timeout.
+        self.closed = False
 
     # -- subscribing ------------------------------------------------------------
     def subscribe(self, context: str, channel: str | None, subscriber: Subscriber) -> Subscription:
@@ -229,7 +231,7 @@ class Notifier:
             return cached
         waiter = _NextEvent(cursor)
         subscription = self.subscribe(context, channel, waiter)  # before the read
-        waiter.timer = self.reactor.callLater(timeout, waiter.finish, None)
+        waiter.timer = self.reactor.callLater(0 if self.closed else timeout, waiter.finish, None)
         try:
             event = await self.store.first_after(context, channel, cursor)
             if event is not None:
@@ -240,6 +242,15 @@ class Notifier:
             subscription.cancel()
             if waiter.timer.active():
                 waiter.timer.cancel()
+
+    def close(self) -> None:
+        """The process is stopping: answer every long poll held now as at its
+        timeout (nothing new), and hold none from now on."""
+        self.closed = True
+        for ch in list(self._channels.values()):
+            for subscription in list(ch.waiters):
+                if isinstance(subscription.subscriber, _NextEvent):
+                    subscription.subscriber.finish(None)
 
     def recent(
         self, context: str, channel: str, cursor: int, limit: int, max_bytes: int = PAGE_BYTES
