@@ -101,10 +101,12 @@ def log(message: str) -> None:
 
 
 def _scenarios() -> dict[str, Callable[[Context], Result]]:
-    from bench.scenarios import batch, large_store, memory, publish, publish_auth, sse, wake, waiters, webhooks
+    from bench.scenarios import (batch, large_store, memory, publish, publish_auth, sse, wake, waiters,
+                                 webhooks, workers)
 
     return {module.NAME: module.run
-            for module in (publish, publish_auth, batch, wake, waiters, large_store, sse, memory, webhooks)}
+            for module in (publish, publish_auth, batch, wake, waiters, large_store, sse, memory, webhooks,
+                           workers)}
 
 
 def missing_tools() -> list[str]:
