@@ -24,7 +24,7 @@ from twisted.internet import defer
 from eventbus.storage.embedded import EmbeddedPostgres
 from tests.client import get, publish, request
 from tests.integration.test_embedded import TwistdProcess
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, free_port
 from tests.webhook_receiver import Receiver, sleep, until, until_async
 
 CTX = "workers"
@@ -232,3 +232,27 @@ async def _held(server: ServerProcess, channel: str) -> bool:
     # The consumer exists once a next has run its first leasing round.
     r = await get(server.url(f"/consumers/{CTX}/{channel}/c"))
     return r.code == 200
+
+
+def test_workers_serve_tls_on_a_shared_ssl_endpoint(dsn, tmp_path):
+    from tests.integration.test_tls import connect, self_signed
+
+    key, cert = self_signed(tmp_path)
+    port = free_port()
+    proc = ServerProcess(["--dsn", dsn, "--workers", "2", "--listen",
+                          f"ssl:{port}:privateKey={key}:certKey={cert}:interface=127.0.0.1"], tmp_path)
+    proc.start()
+    try:
+        seen = set()
+        for _ in range(MAX_TRIES):
+            conn = connect(port, cert)
+            conn.request("GET", "/health")
+            r = conn.getresponse()
+            assert r.status == 200, r.read()
+            seen.add(r.getheader("X-Worker"))
+            conn.close()
+            if seen == {"1", "2"}:
+                break
+        assert seen == {"1", "2"}
+    finally:
+        assert proc.stop() == 0, proc.log_tail()
