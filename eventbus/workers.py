@@ -382,12 +382,13 @@ def _die_with_parent() -> None:
 
 def main() -> int:
     """A worker process: read its spec, serve until SIGTERM."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as default_reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from eventbus import service as services
     from eventbus import tap
 
+    reactor: Any = default_reactor
     _die_with_parent()
     spec = WorkerSpec.from_json(sys.stdin.buffer.read())
     label = f"worker {spec.number}"
