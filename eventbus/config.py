@@ -99,11 +99,12 @@ class Options(usage.Options):
          "PostgreSQL connection string (URI or key=value); without it an "
          "embedded PostgreSQL is run in --data-dir."],
         ["listen-dsn", None, None,
-         "PostgreSQL connection string of the LISTEN connection (a direct connection to"
-         " the primary, when --dsn goes through a transaction pooler); default: --dsn."],
+         "PostgreSQL connection string of the connection that listens for notifications (a"
+         " direct connection to the primary, when --dsn goes through a transaction pooler);"
+         " default: --dsn."],
         ["workers", None, str(DEFAULTS.workers),
          "Server processes sharing the --listen endpoints, each with its own database"
-         " pool and LISTEN connection ('auto': one per CPU); the parent binds the"
+         " pool and notification listener ('auto': one per CPU); the parent binds the"
          " endpoints and supervises them."],
         ["data-dir", None, DEFAULTS.data_dir, "Where the embedded PostgreSQL keeps its data."],
         ["max-body", None, DEFAULTS.max_body, "Largest accepted request body, in bytes.", int],

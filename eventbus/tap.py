@@ -39,7 +39,8 @@ from eventbus.storage.tokens import TokenStore
 from eventbus.storage.webhooks import WebhookStore
 from eventbus.tokens import Holds, TokenCache, TokenService
 from eventbus.webhooks.service import WebhookService
-from eventbus.workers import AdoptedPortService, WorkerSpec, WorkerSupervisor
+from eventbus.worker import AdoptedPortService
+from eventbus.workers import WorkerSpec, WorkerSupervisor
 
 log = Logger()
 

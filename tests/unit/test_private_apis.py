@@ -159,11 +159,11 @@ def test_an_http11_client_protocol_still_starts_quiescent_and_takes_its_callback
 
 
 def test_an_ssl_endpoint_string_still_keeps_its_tls_context_where_workers_look(tmp_path):
-    """eventbus.workers wraps an adopted socket in the TLS an ``ssl:`` string describes."""
+    """eventbus.worker wraps an adopted socket in the TLS an ``ssl:`` string describes."""
     from twisted.internet import reactor
     from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 
-    from eventbus.workers import tls_context_factory
+    from eventbus.worker import tls_context_factory
     from tests.integration.test_tls import self_signed
 
     key, cert = self_signed(tmp_path)
