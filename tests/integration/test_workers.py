@@ -19,7 +19,7 @@ from typing import Iterator
 import psycopg2
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 
 from eventbus.storage.embedded import EmbeddedPostgres
 from tests.client import get, publish, request
@@ -30,6 +30,8 @@ from tests.webhook_receiver import Receiver, sleep, until, until_async
 CTX = "workers"
 #: Fresh connections tried before concluding that a worker never answers.
 MAX_TRIES = 200
+#: Longest a request to a killed worker's socket may wait for its successor.
+RESTART_BOUND_S = 60
 
 
 def children(pid: int) -> set[int]:
@@ -167,8 +169,11 @@ async def test_a_killed_worker_is_restarted_and_the_port_answers_throughout(work
     # Every request gets its answer, before, during and after the restart:
     # those that reach the dead worker's socket wait for its successor.
     for n in range(20):
-        r = await request("POST", workers.url(f"/events/{CTX}/{channel_name}"), json_body={"n": n},
-                          headers={"X-EVENT-ISSUER": "tests"}, persistent=False)
+        publishing = defer.ensureDeferred(request(
+            "POST", workers.url(f"/events/{CTX}/{channel_name}"), json_body={"n": n},
+            headers={"X-EVENT-ISSUER": "tests"}, persistent=False))
+        # A bound, not a measure: without a successor the request would wait for ever.
+        r = await publishing.addTimeout(RESTART_BOUND_S, reactor)
         assert r.code == 201 and r.json()["id"] == n + 1, r
     wait_for(lambda: len(children(parent)) == 2 and victim not in children(parent), "restarted worker")
     assert await answering_workers(workers, {"1", "2"}) == {"1", "2"}
