@@ -261,3 +261,38 @@ def test_workers_serve_tls_on_a_shared_ssl_endpoint(dsn, tmp_path):
         assert seen == {"1", "2"}
     finally:
         assert proc.stop() == 0, proc.log_tail()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_workers_token_cache_hears_a_creation_and_a_revocation(dsn, tmp_path, channel_name):
+    """Each worker caches the tokens; the notifications keep every cache right."""
+    from tests.tokens import bearer, create_token, token_cli_async
+
+    proc = ServerProcess(["--dsn", dsn, "--workers", "2", "--auth", "required"], tmp_path)
+    proc.start()
+    try:
+        url = proc.url(f"/events/{CTX}/{channel_name}")
+        # Both workers have loaded their caches before the token exists.
+        assert await answering_workers(proc, {"1", "2"}) == {"1", "2"}
+        token = await create_token(f"w-{channel_name}", f"read:{CTX}/*", dsn=dsn)
+
+        async def statuses() -> dict[str, set[int]]:
+            seen: dict[str, set[int]] = {}
+            for _ in range(MAX_TRIES):
+                r = await get(url, headers=bearer(token), persistent=False)
+                seen.setdefault(r.header("X-Worker"), set()).add(r.code)
+                if len(seen) == 2:
+                    break
+            return seen
+
+        assert await statuses() == {"1": {200}, "2": {200}}
+        await token_cli_async("revoke", f"w-{channel_name}", dsn=dsn)
+        await sleep(0.5)  # the notification's way to both workers
+        for _ in range(40):
+            seen = await statuses()
+            if seen == {"1": {401}, "2": {401}}:
+                break
+            await sleep(0.5)
+        assert seen == {"1": {401}, "2": {401}}
+    finally:
+        assert proc.stop() == 0, proc.log_tail()
