@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import wrk
-from bench.procs import REPO, wait_quiet
+from bench.procs import REPO, cpu_seconds, wait_quiet
 from bench.report import Figure, Result, Target
 from bench.scenarios import CONTEXT, EVENT
 from bench.scenarios.sse import RATE, publish_at_rate, publish_one
@@ -52,9 +52,11 @@ def server_pids(server: EventBus) -> list[int]:
     return children or [server.pid]
 
 
-def publish_load(ctx: Context, ports: list[int], tag: str) -> dict:
-    """wrk at every port at once, the connections split between them; summed."""
+def publish_load(ctx: Context, ports: list[int], pids: list[int], tag: str) -> dict:
+    """wrk at every port at once, the connections split between them; summed,
+    with the CPU time the server processes (``pids``) spent per request."""
     outs: list[dict] = []
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
 
     def one(port: int, index: int) -> None:
         outs.append(wrk.post(port, f"/events/{CONTEXT}/w{index}-", EVENT, channels=CHANNELS,
@@ -66,8 +68,11 @@ def publish_load(ctx: Context, ports: list[int], tag: str) -> dict:
         t.start()
     for t in threads:
         t.join()
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    requests = sum(o["requests"] for o in outs)
     return {"rps": sum(o["rps"] for o in outs), "errors": sum(o["errors"] for o in outs),
-            "p99_ms": max(o["p99_ms"] for o in outs), "runs": outs}
+            "p99_ms": max(o["p99_ms"] for o in outs), "runs": outs,
+            "cpu_us_per_request": 1e6 * cpu / requests if requests else None}
 
 
 def sse_load(ports: list[int], pids: list[int], subscribers: int, channel: str, seconds: int,
@@ -132,7 +137,10 @@ def run(ctx: Context) -> Result:
         order = list(setups) if r % 2 == 0 else list(reversed(setups))
         if not wrk.missing():
             for label in order:
-                publish[label].append(publish_load(ctx, setups[label][0], f"{label[0]}{label[2]}-{r}"))
+                ports, servers = setups[label]
+                # The parent too: what the built-in workers cost in all.
+                pids = [s.pid for s in servers] + [p for s in servers for p in server_pids(s) if p != s.pid]
+                publish[label].append(publish_load(ctx, ports, pids, f"{label[0]}{label[2]}-{r}"))
         for label in order:
             ports, servers = setups[label]
             pids = [pid for s in servers for pid in server_pids(s)]
@@ -148,6 +156,10 @@ def run(ctx: Context) -> Result:
             series(publish["2 workers"], "rps"), baseline_name="2 processes, 2 wrk",
             baseline_rounds=series(publish["2 processes"], "rps"),
             target=Target("ratio_min", TARGET_RATIO)))
+        result.figures.append(Figure(
+            "server CPU per publish, --workers 2 (parent included) over 2 processes", "µs",
+            series(publish["2 workers"], "cpu_us_per_request"), baseline_name="2 processes",
+            baseline_rounds=series(publish["2 processes"], "cpu_us_per_request")))
         result.figures.append(Figure(
             "publish, --workers 2 over --workers 1 (scaling)", "req/s",
             series(publish["2 workers"], "rps"), baseline_name="--workers 1",
