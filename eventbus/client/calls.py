@@ -177,7 +177,9 @@ def peek(
     params = {"peek": str(int(cursor)), "timeout": seconds(timeout)}
     if on_expired != "error":
         params["on_expired"] = on_expired
-    return Call("GET", channel_path("events", context, channel), _peeked, params=params, hold=timeout, retry=True)
+    return Call(
+        "GET", channel_path("events", context, channel), _peeked, params=params, hold=timeout, retry=True
+    )
 
 
 def start_param(start: float | dt.datetime | str) -> str:
@@ -224,7 +226,9 @@ CONSUMER_FIELDS = {"mode": "mode", "start": "start", "lease": "lease", "max_deli
 def configure_consumer(context: str, channel: str, consumer: str, config: Mapping[str, Any]) -> Call[Any]:
     unknown = sorted(set(config) - set(CONSUMER_FIELDS))
     if unknown:
-        raise TypeError(f"unknown consumer setting(s): {', '.join(unknown)}; known: {', '.join(CONSUMER_FIELDS)}")
+        raise TypeError(
+            f"unknown consumer setting(s): {', '.join(unknown)}; known: {', '.join(CONSUMER_FIELDS)}"
+        )
     body = json.dumps({CONSUMER_FIELDS[k]: v for k, v in config.items()}).encode()
     path = consumer_path(context, channel, consumer)
     return Call("PUT", path, lambda a: json_of(a, 200, 201), body=body, retry=True)

@@ -24,7 +24,9 @@ class EventBusError(Exception):
     #: Whether the same call may succeed if sent again later.
     retryable = False
 
-    def __init__(self, message: str, *, status: int | None = None, body: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, body: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         #: The HTTP status (None: no answer came).
@@ -74,7 +76,9 @@ class Expired(EventBusError):
     :attr:`missed` how many were deleted between the cursor and it."""
 
     def __init__(self, message: str, *, first_id: int, missed: int, status: int | None = 410) -> None:
-        super().__init__(message, status=status, body={"error": message, "first_id": first_id, "missed": missed})
+        super().__init__(
+            message, status=status, body={"error": message, "first_id": first_id, "missed": missed}
+        )
         self.first_id = first_id
         self.missed = missed
 

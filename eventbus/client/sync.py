@@ -176,7 +176,12 @@ class Client:
         return self.send(calls.event(context, channel, event_id))
 
     def peek(
-        self, context: str, channel: str, cursor: int, *, timeout: float = calls.DEFAULT_TIMEOUT_S,
+        self,
+        context: str,
+        channel: str,
+        cursor: int,
+        *,
+        timeout: float = calls.DEFAULT_TIMEOUT_S,
         on_expired: str = "error",
     ) -> Event | None:
         """The first event after ``cursor``, waiting up to ``timeout`` seconds
@@ -214,7 +219,9 @@ class Client:
         except ValueError as e:
             raise Unreachable(f"the history of {context}/{channel} was cut: {e}") from None
 
-    def follow(self, context: str, channel: str, *, after: int = 0, on_expired: str = "raise") -> Iterator[Event]:
+    def follow(
+        self, context: str, channel: str, *, after: int = 0, on_expired: str = "raise"
+    ) -> Iterator[Event]:
         """Every event after ``after``, forever: catches up, then waits for new
         ones; reconnects (with backoff) across network errors and server
         restarts without skipping or repeating one (:mod:`.resume`)."""
@@ -240,7 +247,9 @@ class Client:
         while True:
             path, params, headers = resume.request()
             try:
-                with self._http.stream("GET", path, params=params, headers=headers, timeout=timeout) as response:
+                with self._http.stream(
+                    "GET", path, params=params, headers=headers, timeout=timeout
+                ) as response:
                     if response.status_code != 200:
                         raise error_for(response.status_code, response.read())
                     reader = SSEReader()
@@ -263,6 +272,11 @@ class Client:
         """A durable consumer; ``config`` (mode, start, lease,
         max_deliveries), if any, is applied (``PUT``) before its first use."""
         return Consumer(self, context, channel, name, config)
+
+    def consumers(self, context: str, channel: str) -> list[dict[str, Any]]:
+        """The state of every consumer of a channel."""
+        result: list[dict[str, Any]] = self.send(calls.consumers(context, channel))
+        return result
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self.send(calls.health())

@@ -66,7 +66,9 @@ class Lease:
 class Consumer:
     """A durable consumer of one channel (``/consumers/{context}/{channel}/{name}``)."""
 
-    def __init__(self, client: Client, context: str, channel: str, name: str, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self, client: Client, context: str, channel: str, name: str, config: Mapping[str, Any]
+    ) -> None:
         self.client = client
         self.context = context
         self.channel = channel
@@ -180,7 +182,10 @@ class Consumer:
                 with lock:
                     count[1] += 1
 
-        threads = [threading.Thread(target=worker, name=f"eventbus-{self.name}-{i}", daemon=True) for i in range(concurrency)]
+        threads = [
+            threading.Thread(target=worker, name=f"eventbus-{self.name}-{i}", daemon=True)
+            for i in range(concurrency)
+        ]
         for t in threads:
             t.start()
         try:
@@ -282,7 +287,12 @@ class Tokens:
         expires_in: float | None = None,
     ) -> dict[str, Any]:
         """Create one; the answer holds the ``token``, shown only here."""
-        fields = {"name": name, "scopes": list(scopes), "issuers": issuers and list(issuers), "expires_in": expires_in}
+        fields = {
+            "name": name,
+            "scopes": list(scopes),
+            "issuers": issuers and list(issuers),
+            "expires_in": expires_in,
+        }
         result: dict[str, Any] = self.client.send(calls.create_token(fields))
         return result
 

@@ -110,6 +110,38 @@ class ArrayReader:
         return out
 
 
+def members(text: str) -> dict[str, tuple[str, object]]:
+    """The members of a JSON object's text: name → (its value's text exactly
+    as written, its value)."""
+    found: dict[str, tuple[str, object]] = {}
+    i = _skip(text, 0)
+    if not text.startswith("{", i):
+        raise ValueError("not a JSON object")
+    i = _skip(text, i + 1)
+    if text.startswith("}", i):
+        return found
+    while True:
+        name, i = _DECODER.raw_decode(text, i)
+        i = _skip(text, i)
+        if not isinstance(name, str) or not text.startswith(":", i):
+            raise ValueError("not a JSON object")
+        start = _skip(text, i + 1)
+        value, i = _DECODER.raw_decode(text, start)
+        found[name] = (text[start:i], value)
+        i = _skip(text, i)
+        if text.startswith("}", i):
+            return found
+        if not text.startswith(",", i):
+            raise ValueError("not a JSON object")
+        i = _skip(text, i + 1)
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WS:
+        i += 1
+    return i
+
+
 @dataclass(frozen=True)
 class Message:
     """One SSE message: its ``event`` name (``"message"`` if it has none),
