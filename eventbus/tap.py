@@ -34,6 +34,7 @@ from eventbus.storage.consumers import ConsumerStore
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.storage.notify import Listener
+from eventbus.storage.restore import RestoreStore
 from eventbus.storage.tokens import TokenStore
 from eventbus.storage.webhooks import WebhookStore
 from eventbus.tokens import Holds, TokenCache, TokenService
@@ -104,6 +105,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         max_batch=settings.max_batch,
         tokens=TokenService(token_store),
         gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
+        restore=RestoreStore(database),
     )
     site = EventBusSite(
         resource,

@@ -14,6 +14,7 @@ from eventbus.http.access import Gate
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
+from eventbus.http.restore import RestoreResource
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
@@ -21,6 +22,7 @@ from eventbus.http.tokens import TokensResource
 from eventbus.notifier import Notifier
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
+from eventbus.storage.restore import RestoreStore
 from eventbus.tokens import TokenService
 from eventbus.webhooks.service import WebhookService
 
@@ -36,6 +38,7 @@ def make_root(
     max_batch: int,
     tokens: TokenService | None = None,
     gate: Gate | None = None,
+    restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
@@ -46,4 +49,6 @@ def make_root(
     }
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()
+    if restore is not None:
+        apps[b"channels"] = RestoreResource(restore, notifier, max_batch).router.resource()
     return Root(apps, gate)
