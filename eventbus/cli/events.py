@@ -177,12 +177,14 @@ def publish_lines(
             batch, size, n = [], 0, n + 1
 
         try:
-            for _, text in ndjson(source):
-                if batch and (len(batch) >= batch_size or size + len(text) + 1 > MAX_BODY - 2):
-                    flush()
-                batch.append(text)
-                size += len(text) + 1
-            flush()
+            try:
+                for _, text in ndjson(source):
+                    if batch and (len(batch) >= batch_size or size + len(text) + 1 > MAX_BODY - 2):
+                        flush()
+                    batch.append(text)
+                    size += len(text) + 1
+            finally:
+                flush()  # what came before a bad line is published too
         except (EventBusError, Failed):
             app.out.note(f"published {counter.count} event(s) before the error" + _ids(first, last))
             raise
