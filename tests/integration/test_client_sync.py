@@ -174,7 +174,12 @@ def test_run_handles_every_event_with_several_workers_and_retries_the_failed_one
                 raise RuntimeError("first try fails")
             seen.append(event.id)
 
-    handled = consumer.run(handle, concurrency=4, poll=1, limit=30 + 4)
+    deadline = threading.Timer(DEADLINE_S, consumer.stop)  # a failure must not hang the suite
+    deadline.start()
+    try:
+        handled = consumer.run(handle, concurrency=4, poll=1, limit=30 + 4)
+    finally:
+        deadline.cancel()
     assert handled == 34
     assert sorted(seen) == list(range(1, 31)) and failed_once == {7, 14, 21, 28}
     state = consumer.state()
