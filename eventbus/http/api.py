@@ -14,7 +14,7 @@ from eventbus.http.access import Gate
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
-from eventbus.http.restore import RestoreResource
+from eventbus.http.restore import Restorer, RestoreResource
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
@@ -50,5 +50,5 @@ def make_root(
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()
     if restore is not None:
-        apps[b"channels"] = RestoreResource(restore, notifier, max_batch).router.resource()
+        apps[b"channels"] = RestoreResource(Restorer(restore, notifier, max_batch)).router.resource()
     return Root(apps, gate)

@@ -127,19 +127,14 @@ def _unique_names(body: bytes, values: list[object]) -> None:
         raise InvalidInput("an object names the same member twice; member names must be unique")
 
 
-class RestoreResource:
-    """``POST /channels/{context}/{channel}/restore``."""
-
-    router = Router()
+class Restorer:
+    """What the restore route does: check the batch, store it, announce it."""
 
     def __init__(self, store: RestoreStore, notifier: Notifier, max_batch: int) -> None:
         self.store = store
         self.notifier = notifier
         self.max_batch = max_batch
 
-    @router.route(
-        "/channels/<context>/<channel>/restore", methods=["POST"], need=(Action.ADMIN,), query=QUERY
-    )
     async def restore(self, request: Request, context: str, channel: str) -> bytes:
         after = after_param(params.query(request))
         events = restored_events(params.body(request), self.max_batch)
@@ -157,3 +152,18 @@ class RestoreResource:
                 "count": len(stored),
             },
         )
+
+
+class RestoreResource:
+    """``POST /channels/{context}/{channel}/restore``."""
+
+    router = Router()
+
+    def __init__(self, restorer: Restorer) -> None:
+        self.restorer = restorer
+
+    @router.route(
+        "/channels/<context>/<channel>/restore", methods=["POST"], need=(Action.ADMIN,), query=QUERY
+    )
+    async def restore(self, request: Request, context: str, channel: str) -> bytes:
+        return await self.restorer.restore(request, context, channel)
