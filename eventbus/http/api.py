@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
+from eventbus.http.channels import ChannelsResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
-from eventbus.http.restore import Restorer, RestoreResource
+from eventbus.http.restore import Restorer
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
 from eventbus.http.tokens import TokensResource
+from eventbus.model import Retention
 from eventbus.notifier import Notifier
+from eventbus.storage.channels import ChannelStore
+from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.storage.restore import RestoreStore
@@ -31,6 +35,7 @@ def make_root(
     *,
     database: Database,
     events: EventStore,
+    conditional: ConditionalAppends,
     notifier: Notifier,
     streams: EventStreams,
     consumers: Consumers,
@@ -38,17 +43,20 @@ def make_root(
     max_batch: int,
     tokens: TokenService | None = None,
     gate: Gate | None = None,
+    channels: ChannelStore | None = None,
+    retention: Retention | None = None,
     restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
         b"health": HealthResource(database).router.resource(),
-        b"events": EventsResource(events, notifier, streams, max_batch).router.resource(),
+        b"events": EventsResource(events, conditional, notifier, streams, max_batch).router.resource(),
         b"consumers": ConsumersResource(consumers).router.resource(),
         b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
     }
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()
-    if restore is not None:
-        apps[b"channels"] = RestoreResource(Restorer(restore, notifier, max_batch)).router.resource()
+    if channels is not None:
+        restorer = None if restore is None else Restorer(restore, notifier, max_batch)
+        apps[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router.resource()
     return Root(apps, gate)

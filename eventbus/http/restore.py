@@ -8,8 +8,8 @@ timestamp is read from the number as written (``1764248745.123456``), to
 the microsecond, so a restored event's timestamp is rendered exactly as it
 was exported.
 
-The route itself (:class:`RestoreResource`) needs ``admin``: a restore
-writes ids and timestamps that publishers never choose.
+The route (in :mod:`.channels`) needs ``admin``: a restore writes ids and
+timestamps that publishers never choose.
 
 Layer rule: the HTTP layer.
 """
@@ -21,10 +21,8 @@ from decimal import Decimal, InvalidOperation
 import orjson
 from twisted.web.server import Request
 
-from eventbus.auth import Action
 from eventbus.errors import InvalidInput, TooLarge
 from eventbus.http import jsontext, params, render
-from eventbus.http.router import Router
 from eventbus.model import MAX_ID, check_issuer
 from eventbus.notifier import Notifier
 from eventbus.storage.restore import Restored, RestoreStore
@@ -152,18 +150,3 @@ class Restorer:
                 "count": len(stored),
             },
         )
-
-
-class RestoreResource:
-    """``POST /channels/{context}/{channel}/restore``."""
-
-    router = Router()
-
-    def __init__(self, restorer: Restorer) -> None:
-        self.restorer = restorer
-
-    @router.route(
-        "/channels/<context>/<channel>/restore", methods=["POST"], need=(Action.ADMIN,), query=QUERY
-    )
-    async def restore(self, request: Request, context: str, channel: str) -> bytes:
-        return await self.restorer.restore(request, context, channel)

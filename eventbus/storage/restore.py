@@ -1,7 +1,8 @@
 """Restoring exported events into a channel, with their ids and timestamps.
 
 Invariant: a restore never reuses an id and leaves a channel exactly as if
-its events had been published (and, below the first, pruned): one
+its events had been published (and those below the first pruned by
+retention: ``pruned_to``, consumers' ``next_new`` and ``expired``): one
 transaction per batch locks the channel's row, checks that its last id is
 the one the batch continues (``after``: 0 for a channel that never had an
 event), inserts the batch's gap-free ids after it with their timestamps
@@ -21,6 +22,7 @@ from eventbus.errors import Conflict, InvalidInput
 from eventbus.model import Event
 from eventbus.storage.database import Cursor, Database
 from eventbus.storage.notify import notify_sql
+from eventbus.storage.retention import PRUNE_SQL
 
 #: Lock the channel's row, creating it (empty) if it does not exist.
 _CREATE = (
@@ -66,8 +68,6 @@ class RestoreStore:
         first = events[0]
         if after and first.id != after + 1:
             raise InvalidInput(f"the batch after id {after} must start with id {after + 1}, not {first.id}")
-        if not after and first.id != 1:
-            raise InvalidInput(f"a restore into an empty channel starts with id 1, not {first.id}")
         issuers: dict[str, str] = {}
         iss = [issuers.setdefault(e.issuer, str(len(issuers) + 1)) for e in events]
         params = {
@@ -89,11 +89,17 @@ class RestoreStore:
             if last_id != after:
                 raise Conflict(
                     f"{context}/{channel} ends at id {last_id}, not at {after}"
-                    + (": a restore goes into a channel that never had an event" if not after else "")
+                    + (": a restore goes into a channel that never had an event" if not after else ""),
+                    details={"last_id": last_id},
                 )
             if after and first.micros < last_us:
                 raise InvalidInput(f"event {first.id} is older than the channel's last event")
             params["cid"] = cid
+            if not after and first.id > 1:
+                # The export began after a prune: the ids below it count as
+                # deleted by retention here too (pruned_to; consumers skip
+                # and count them), exactly as a prune of an empty run does.
+                await cur.execute(PRUNE_SQL, dict(params, upto=first.id - 1))
             await cur.execute(_INSERT, params)
             await cur.execute(_MOVE, params)
 
