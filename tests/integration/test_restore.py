@@ -11,7 +11,7 @@ from typing import Iterator
 import psycopg2
 import pytest
 
-from eventbus.client import Client, Conflict, Forbidden
+from eventbus.client import BadRequest, Client, Conflict, Forbidden
 from eventbus.storage.embedded import EmbeddedPostgres
 from tests.cli import eventbus
 from tests.servers import ServerProcess
@@ -92,7 +92,10 @@ def test_a_restore_goes_only_where_the_channel_ends_where_it_expects(client, cha
     with pytest.raises(Conflict, match="ends at id 1") as raised:
         client.channels.restore("rs", channel_name, exported("rs", channel_name, 1, 2), 0)
     assert raised.value.last_id == 1
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as raised:
+        client.channels.restore("rs", channel_name, exported("rs", channel_name, 6, 2), 5)
+    assert raised.value.last_id == 1
+    with pytest.raises(BadRequest, match="must start with id 6"):  # the request contradicts itself
         client.channels.restore("rs", channel_name, exported("rs", channel_name, 2, 2), 5)
     answer = client.channels.restore("rs", channel_name, exported("rs", channel_name, 2, 2), 1)
     assert answer["last_id"] == 3
