@@ -92,12 +92,15 @@ def test_a_restore_goes_only_where_the_channel_ends_where_it_expects(client, cha
     with pytest.raises(Conflict, match="ends at id 1") as raised:
         client.channels.restore("rs", channel_name, exported("rs", channel_name, 1, 2), 0)
     assert raised.value.last_id == 1
+    later = 1.9e9  # after the live event: a restore never puts time back
     with pytest.raises(Conflict) as raised:
-        client.channels.restore("rs", channel_name, exported("rs", channel_name, 6, 2), 5)
+        client.channels.restore("rs", channel_name, exported("rs", channel_name, 6, 2, later), 5)
     assert raised.value.last_id == 1
     with pytest.raises(BadRequest, match="must start with id 6"):  # the request contradicts itself
-        client.channels.restore("rs", channel_name, exported("rs", channel_name, 2, 2), 5)
-    answer = client.channels.restore("rs", channel_name, exported("rs", channel_name, 2, 2), 1)
+        client.channels.restore("rs", channel_name, exported("rs", channel_name, 2, 2, later), 5)
+    with pytest.raises(BadRequest, match="older than the channel's last event"):
+        client.channels.restore("rs", channel_name, exported("rs", channel_name, 2, 2), 1)
+    answer = client.channels.restore("rs", channel_name, exported("rs", channel_name, 2, 2, later), 1)
     assert answer["last_id"] == 3
     assert [e.id for e in client.history("rs", channel_name)] == [1, 2, 3]
 
