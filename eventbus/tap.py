@@ -38,6 +38,7 @@ from eventbus.storage.consumers import ConsumerStore
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.storage.notify import Listener
+from eventbus.storage.restore import RestoreStore
 from eventbus.storage.retention import RetentionStore
 from eventbus.storage.tokens import TokenStore
 from eventbus.storage.webhooks import WebhookStore
@@ -125,6 +126,7 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
         gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
         channels=ChannelStore(database),
         retention=settings.retention,
+        restore=RestoreStore(database),
     )
     pruner = Pruner(reactor, RetentionStore(database), settings.retention, settings.retention_interval)
     # Prune steps beyond the events' own (see Pruner.steps): the window of

@@ -15,6 +15,7 @@ from eventbus.http.channels import ChannelsResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
+from eventbus.http.restore import Restorer
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
@@ -25,6 +26,7 @@ from eventbus.storage.channels import ChannelStore
 from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
+from eventbus.storage.restore import RestoreStore
 from eventbus.tokens import TokenService
 from eventbus.webhooks.service import WebhookService
 
@@ -43,6 +45,7 @@ def make_root(
     gate: Gate | None = None,
     channels: ChannelStore | None = None,
     retention: Retention | None = None,
+    restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
@@ -54,5 +57,6 @@ def make_root(
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()
     if channels is not None:
-        apps[b"channels"] = ChannelsResource(channels, retention or Retention()).router.resource()
+        restorer = None if restore is None else Restorer(restore, notifier, max_batch)
+        apps[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router.resource()
     return Root(apps, gate)
