@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
+from eventbus.http.console import PREFIX as CONSOLE_PREFIX
+from eventbus.http.console import ConsoleResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
@@ -43,6 +45,7 @@ def make_root(
         b"events": EventsResource(events, notifier, streams, max_batch).router.resource(),
         b"consumers": ConsumersResource(consumers).router.resource(),
         b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
+        CONSOLE_PREFIX: ConsoleResource(),
     }
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()
