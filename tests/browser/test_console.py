@@ -1,0 +1,254 @@
+"""The web console in a real browser (headless Chromium) against a real server.
+
+Each test drives the console as a person would (clicks, typing, keys) and
+checks the result through the API, never through the console itself.
+Waits are for conditions on the page (Playwright's auto-waiting locators),
+never fixed sleeps.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import WAIT_MS, Bus
+
+CTX = "console"
+#: What the issue asks of the live tail: an event shows within a second of its publish.
+TAIL_LATENCY_S = 1.0
+
+
+def open_channel(page, bus: Bus, channel: str, tab: str = "") -> None:
+    page.goto(bus.ui(f"#/c/{CTX}/{channel}{tab}"))
+    if not tab:
+        expect(page.locator("#stream-state")).to_have_text("live")
+
+
+def test_the_console_loads_with_its_security_headers_and_no_console_errors(page, bus):
+    answer = bus.call("GET", "/ui/")
+    assert answer.status == 200
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    assert "connect-src 'self'" in answer.headers["Content-Security-Policy"]
+    page.goto(bus.ui())
+    expect(page).to_have_title("Channels · eventbus")
+    expect(page.locator("h1")).to_have_text("Channels")
+    expect(page.locator("#who")).to_contain_text("no token")  # local mode: none needed
+
+
+def test_the_channels_view_lists_a_channel_published_to(page, bus, channel_name):
+    bus.call("POST", f"/events/{CTX}/{channel_name}", [{"n": n} for n in range(1234)],
+             headers={"X-EVENT-ISSUER": "tests"})
+    page.goto(bus.ui("#/channels"))
+    page.select_option("#context-filter", CTX)
+    row = page.locator(f'#channels-table tr[data-channel="{CTX}/{channel_name}"]')
+    expect(row).to_be_visible()
+    expect(row.locator("td").nth(1)).to_have_text("1,234")  # last id, formatted
+    expect(row.locator("td").nth(3)).to_contain_text("s ago")
+    row.get_by_role("link").click()
+    expect(page.locator("h1")).to_contain_text(channel_name)
+    expect(page.locator("#tail li.event").first).to_have_attribute("data-id", "1234")
+
+
+def test_an_event_published_through_the_api_appears_in_the_tail_within_a_second(page, bus, channel_name):
+    bus.publish(CTX, channel_name, {"n": 0})
+    open_channel(page, bus, channel_name)
+    expect(page.locator("#tail li.event")).to_have_count(1)
+    for n in (1, 2, 3):
+        published = time.monotonic()
+        event = bus.publish(CTX, channel_name, {"n": n}, issuer=f"api-{n}")
+        item = page.locator(f'#tail li.event[data-id="{event["id"]}"]')
+        # a generous wait, so a slow event is measured rather than just missing
+        item.wait_for(timeout=WAIT_MS)
+        took = time.monotonic() - published
+        assert took <= TAIL_LATENCY_S, (
+            f"event {event['id']} took {took:.2f} s to appear in the tail (at most {TAIL_LATENCY_S} s)"
+        )
+        expect(item.locator(".issuer")).to_have_text(f"api-{n}")
+    # newest on top
+    ids = page.locator("#tail li.event").evaluate_all("items => items.map(i => Number(i.dataset.id))")
+    assert ids == [4, 3, 2, 1]
+
+
+def test_the_publish_form_stores_an_event_and_refuses_invalid_json(page, bus, channel_name, browsing):
+    browsing.log.allow("status of 404", url="/channels/")  # the channel does not exist yet
+    browsing.log.allow("status of 400", url="/events/")  # the refusal this test provokes
+    open_channel(page, bus, channel_name)
+    page.fill("#publish-issuer", "form-test")
+    page.fill("#publish-payload", '{"order": 17, "big": 12345678901234567890}')
+    page.get_by_role("button", name="Publish").click()
+    expect(page.locator("#publish-result")).to_have_text("Stored as event #1.")
+    stored = bus.get(f"/events/{CTX}/{channel_name}/1")
+    assert stored["issuer"] == "form-test"
+    assert stored["payload"] == {"order": 17, "big": 12345678901234567890}
+    # the tail shows it as published (no float rounding of the big number)
+    expect(page.locator('#tail li.event[data-id="1"] pre')).to_contain_text("12345678901234567890")
+
+    # invalid JSON: refused in the page, nothing sent
+    page.fill("#publish-payload", '{"order": 18,')
+    page.get_by_role("button", name="Publish").click()
+    expect(page.locator("#publish-result")).to_contain_text("Invalid JSON")
+    expect(page.locator("#publish-payload")).to_have_attribute("aria-invalid", "true")
+    page.fill("#publish-payload", "[1, 2]")
+    page.get_by_role("button", name="Publish").click()
+    expect(page.locator("#publish-result")).to_contain_text("must be a JSON object")
+
+    # valid JSON that the server refuses: its message, verbatim
+    page.fill("#publish-payload", '{"a": 1, "a": 2}')
+    page.get_by_role("button", name="Publish").click()
+    refusal = bus.call("POST", f"/events/{CTX}/{channel_name}", b'{"a": 1, "a": 2}',
+                       headers={"X-EVENT-ISSUER": "x"}).json()["error"]
+    expect(page.locator("#publish-result .message")).to_have_text(refusal)
+    expect(page.locator("#publish-result")).to_contain_text("(400)")
+    assert bus.get(f"/channels/{CTX}/{channel_name}")["last_id"] == 1
+
+
+def test_pause_holds_the_tail_and_resume_catches_up_without_gaps(page, bus, channel_name):
+    bus.publish(CTX, channel_name, {"n": 1})
+    open_channel(page, bus, channel_name)
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator("#stream-state")).to_have_text("paused")
+    for n in (2, 3):
+        bus.publish(CTX, channel_name, {"n": n})
+    # nothing arrives while paused: the stream is closed (checked by the server's count)
+    expect(page.locator("#tail li.event")).to_have_count(1)
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#stream-state")).to_have_text("live")
+    expect(page.locator("#tail li.event")).to_have_count(3)
+    ids = page.locator("#tail li.event").evaluate_all("items => items.map(i => Number(i.dataset.id))")
+    assert ids == [3, 2, 1]
+
+
+def test_the_issuer_filter_and_load_older_pages_back_through_history(page, bus, channel_name):
+    batch = [{"n": n} for n in range(1, 31)]
+    bus.call("POST", f"/events/{CTX}/{channel_name}", batch, headers={"X-EVENT-ISSUER": "bulk"})
+    bus.publish(CTX, channel_name, {"n": 31}, issuer="other")
+    open_channel(page, bus, channel_name)
+    events = page.locator("#tail li.event")
+    expect(events).to_have_count(20)  # the last page, replayed by the stream
+    expect(events.first).to_have_attribute("data-id", "31")
+    page.get_by_role("button", name="Load 20 older").click()
+    expect(events).to_have_count(31)
+    expect(events.last).to_have_attribute("data-id", "1")
+    expect(page.locator("#load-older")).to_be_hidden()  # the first event is shown
+
+    page.fill("#issuer-filter", "oth")
+    expect(page.locator("#tail li.event:visible")).to_have_count(1)
+    expect(page.locator("#shown-count")).to_have_text("1 of 31 shown")
+    page.fill("#issuer-filter", "")
+    expect(page.locator("#tail li.event:visible")).to_have_count(31)
+
+
+def test_a_payload_with_markup_is_shown_as_text(page, bus, channel_name):
+    markup = '<img src=x id=injected onerror="window.__xss=1"><script>window.__xss=2</script><b>bold</b>'
+    bus.publish(CTX, channel_name, {"html": markup}, issuer="<i>issuer</i>")
+    open_channel(page, bus, channel_name)
+    item = page.locator('#tail li.event[data-id="1"]')
+    expect(item.locator("pre")).to_contain_text(markup.replace('"', '\\"'))
+    expect(item.locator(".issuer")).to_have_text("<i>issuer</i>")
+    assert page.locator("#tail img, #tail script, #tail b, #tail i").count() == 0
+    assert page.evaluate("window.__xss") is None
+
+
+def test_the_consumers_view_shows_lag_and_retry_moves_a_dead_letter_back(page, bus, channel_name):
+    consumer = f"/consumers/{CTX}/{channel_name}/billing"
+    assert bus.call("PUT", consumer, {"mode": "shared", "max_deliveries": 1}).status == 201
+    assert bus.call("PUT", f"/consumers/{CTX}/{channel_name}/audit", {}).status == 201
+    for n in range(5):
+        bus.publish(CTX, channel_name, {"n": n, "note": "<b>not bold</b>"})
+    leased = bus.call("POST", f"{consumer}/next?timeout=0").json()
+    # a nack of the last allowed delivery dead-letters the event
+    assert bus.call("POST", f"{consumer}/nack", {"lease": leased["lease"]}).status == 204
+    assert bus.get(consumer)["dead"] == 1
+
+    page.goto(bus.ui(f"#/c/{CTX}/{channel_name}/consumers"))
+    billing = page.locator('#consumers-table tr[data-consumer="billing"]')
+    expect(billing.locator(".lag-value")).to_have_text("4")
+    expect(page.locator('#consumers-table tr[data-consumer="audit"] .lag-value')).to_have_text("5")
+    expect(billing.locator(".bar")).to_have_attribute("aria-label", "lag 4 events")
+    billing.get_by_role("button", name="1 dead").click()
+    letter = page.locator("#dead-letters li.event")
+    expect(letter).to_have_count(1)
+    expect(letter.locator("pre")).to_contain_text("<b>not bold</b>")
+    letter.get_by_role("button", name="Retry").click()
+    expect(billing.locator(".dead-count")).to_have_text("0")
+    state = bus.get(consumer)
+    assert (state["dead"], state["lag"]) == (0, 5), state
+    assert bus.get(f"{consumer}/dead") == []
+
+
+def test_retry_all_puts_every_dead_letter_back(page, bus, channel_name):
+    consumer = f"/consumers/{CTX}/{channel_name}/billing"
+    bus.call("PUT", consumer, {"mode": "shared", "max_deliveries": 1})
+    for n in range(3):
+        bus.publish(CTX, channel_name, {"n": n})
+    for _ in range(3):
+        leased = bus.call("POST", f"{consumer}/next?timeout=0").json()
+        assert bus.call("POST", f"{consumer}/nack", {"lease": leased["lease"]}).status == 204
+    page.goto(bus.ui(f"#/c/{CTX}/{channel_name}/consumers"))
+    page.get_by_role("button", name="3 dead").click()
+    expect(page.locator("#dead-letters li.event")).to_have_count(3)
+    page.get_by_role("button", name="Retry all").click()
+    expect(page.locator('#consumers-table tr[data-consumer="billing"] .dead-count')).to_have_text("0")
+    assert bus.get(consumer)["dead"] == 0
+
+
+def test_a_disabled_webhook_shows_as_disabled_and_enable_reactivates_it(page, bus, channel_name, receiver):
+    receiver.failing = True
+    sub = bus.call("POST", "/subscriptions", {"context": CTX, "channel": channel_name,
+                                               "url": receiver.url, "start": "earliest"}).json()
+    bus.publish(CTX, channel_name, {"n": 1})
+    page.goto(bus.ui("#/webhooks"))
+    row = page.locator(f'#webhooks-table tr[data-subscription="{sub["id"]}"]')
+    # --webhook-disable-after 1: it fails for a second, then is disabled
+    expect(row.locator(".status")).to_have_text("disabled", timeout=30_000)
+    expect(row.locator(".error-text")).to_contain_text("HTTP 500")
+    receiver.failing = False
+    row.get_by_role("button", name="Enable").click()
+    expect(page.locator("#webhook-action")).to_contain_text(f"Subscription {sub['id']} is active again")
+    expect(row.locator(".status")).to_have_text("active")
+    state = bus.get(f"/subscriptions/{sub['id']}")
+    assert state["status"] == "active" and state["disabled_at"] is None, state
+
+
+def test_a_new_webhook_shows_its_secret_once(page, bus, channel_name, receiver):
+    page.goto(bus.ui("#/webhooks"))
+    page.fill("#new-context", CTX)
+    page.fill("#new-channel", channel_name)
+    page.fill("#new-url", receiver.url)
+    page.get_by_role("button", name="Create").click()
+    secret = page.locator("#new-secret")
+    expect(secret).to_have_text(re.compile(r"^whsec_[A-Za-z0-9+/=]{40,}$"))
+    created = [s for s in bus.get("/subscriptions") if s["channel"] == channel_name]
+    assert len(created) == 1 and "secret" not in created[0]
+    page.get_by_role("button", name="I have stored it").click()
+    expect(secret).to_have_count(0)
+    page.reload()
+    expect(page.locator(f'#webhooks-table tr[data-subscription="{created[0]["id"]}"]')).to_be_visible()
+    assert "whsec_" not in page.content()
+
+
+def test_the_console_works_from_the_keyboard(page, bus, channel_name):
+    bus.publish(CTX, channel_name, {"n": 1})
+    page.goto(bus.ui("#/channels"))
+    page.fill("#channel-filter", channel_name)
+    link = page.locator(f'#channels-table tr[data-channel="{CTX}/{channel_name}"] a')
+    expect(link).to_be_visible()
+    # from the filter, Tab reaches the channel's link; Enter opens it
+    page.focus("#channel-filter")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if link.evaluate("a => a === document.activeElement"):
+            break
+    else:
+        pytest.fail("Tab never reached the channel's link")
+    page.keyboard.press("Enter")
+    expect(page.locator("#stream-state")).to_have_text("live")
+    expect(page.locator("h1")).to_be_focused()
+    page.focus("#publish-payload")
+    page.keyboard.press("Control+a")
+    page.keyboard.type('{"typed": true}')
+    page.keyboard.press("Tab")  # to the Publish button
+    page.keyboard.press("Enter")
+    expect(page.locator("#publish-result")).to_have_text("Stored as event #2.")
