@@ -41,6 +41,7 @@ def test_the_channels_view_lists_a_channel_published_to(page, bus, channel_name)
     bus.call("POST", f"/events/{CTX}/{channel_name}", [{"n": n} for n in range(1234)],
              headers={"X-EVENT-ISSUER": "tests"})
     page.goto(bus.ui("#/channels"))
+    expect(page.locator(f'#context-filter option[value="{CTX}"]')).to_have_count(1)
     page.select_option("#context-filter", CTX)
     row = page.locator(f'#channels-table tr[data-channel="{CTX}/{channel_name}"]')
     expect(row).to_be_visible()
