@@ -186,7 +186,7 @@ class Bus:
         return http(method, self.base + path, body, headers, token)
 
     def publish(self, context: str, channel: str, payload: Any, issuer: str = "tests",
-                token: Optional[str] = None) -> dict[str, Any]:
+                token: Optional[str] = None) -> Any:
         answer = self.call("POST", f"/events/{context}/{channel}", payload, token,
                            {"X-EVENT-ISSUER": issuer})
         assert answer.status == 201, answer
