@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -250,3 +251,23 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+
+
+def wait_until(condition: Any, what: str, timeout: float = 30.0, every: float = 0.1) -> Any:
+    """Poll ``condition`` (through the API) until it returns something true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout} s")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def locked_bus(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:  # noqa: F811
+    """A server with ``--auth required``: every API request needs a token, loopback too."""
+    server = start_server(dsn, tmp_path_factory.mktemp("console-locked"), "--auth", "required")
+    yield Bus(server)
+    server.stop()

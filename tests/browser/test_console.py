@@ -14,10 +14,16 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import WAIT_MS, Bus
+from tests.tokens import token_cli
 
 CTX = "console"
 #: What the issue asks of the live tail: an event shows within a second of its publish.
 TAIL_LATENCY_S = 1.0
+
+
+def create_token(dsn: str, name: str, *scopes: str) -> str:
+    done = token_cli("create", name, *(a for s in scopes for a in ("--scope", s)), dsn=dsn)
+    return done.stdout.strip()
 
 
 def open_channel(page, bus: Bus, channel: str, tab: str = "") -> None:
@@ -252,3 +258,61 @@ def test_the_console_works_from_the_keyboard(page, bus, channel_name):
     page.keyboard.press("Tab")  # to the Publish button
     page.keyboard.press("Enter")
     expect(page.locator("#publish-result")).to_have_text("Stored as event #2.")
+
+
+def test_retention_is_shown_and_changed_from_the_channel_view(page, bus, channel_name):
+    bus.publish(CTX, channel_name, {"n": 1})
+    open_channel(page, bus, channel_name)
+    shown = page.locator("#retention")
+    expect(shown).to_contain_text("keep all")
+    expect(shown).to_contain_text("server default")
+    page.get_by_text("Change retention").click()
+    page.fill("#retention-max-events", "500")
+    page.fill("#retention-max-age", "86400")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#retention-result")).to_have_text("Saved.")
+    expect(shown).to_contain_text("500")
+    expect(shown).to_contain_text("1 d")
+    retention = bus.get(f"/channels/{CTX}/{channel_name}")["retention"]
+    assert (retention["max_age"], retention["max_events"]) == (86400, 500), retention
+    # emptied: back to the server's default
+    page.fill("#retention-max-events", "")
+    page.get_by_role("button", name="Save").click()
+    expect(shown.locator("div").nth(1)).to_contain_text("keep all")
+    assert bus.get(f"/channels/{CTX}/{channel_name}")["retention"]["max_events"] is None
+
+
+def test_a_token_protected_server_asks_for_a_token_and_shows_what_it_may_not_do(
+        browsing, locked_bus, dsn, channel_name):
+    browsing.log.allow("status of 401")  # the console's first calls, before the token
+    browsing.log.allow("status of 403", url="/events/")  # the publish this test tries
+    writer = create_token(dsn, f"writer-{channel_name}", f"publish:{CTX}/*")
+    reader = create_token(dsn, f"reader-{channel_name}", f"read:{CTX}/*")
+    locked_bus.publish(CTX, channel_name, {"n": 1}, token=writer)
+    page = browsing.page()
+    page.goto(locked_bus.ui(f"#/c/{CTX}/{channel_name}"))
+    expect(page.locator("h1")).to_have_text("Sign in")
+    expect(page.locator("#sign-in-problem")).to_contain_text("needs a token")
+
+    page.fill("#token", "ebt_" + "x" * 43)  # well-formed, unknown
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#sign-in-problem")).to_contain_text("invalid, expired or revoked token")
+
+    page.fill("#token", reader)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#stream-state")).to_have_text("live")  # EventSource with access_token
+    expect(page.locator('#tail li.event[data-id="1"]')).to_be_visible()
+    locked_bus.publish(CTX, channel_name, {"n": 2}, token=writer)
+    expect(page.locator('#tail li.event[data-id="2"]')).to_be_visible()
+    expect(page.locator("#who")).to_contain_text(f"token …{reader[-4:]}")
+
+    page.fill("#publish-payload", '{"n": 3}')
+    page.get_by_role("button", name="Publish").click()
+    result = page.locator("#publish-result")
+    expect(result).to_contain_text("Forbidden (403)")
+    expect(result.locator(".message")).to_have_text(f"token 'reader-{channel_name}' lacks the scope publish:{CTX}/{channel_name}")
+    assert locked_bus.get(f"/channels/{CTX}/{channel_name}", token=reader)["last_id"] == 2
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("h1")).to_have_text("Sign in")
+    assert page.evaluate("sessionStorage.getItem('eventbus.token')") is None
