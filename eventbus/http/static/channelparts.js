@@ -66,7 +66,7 @@ export function retentionPanel(context, channel, onUpdate) {
       return;
     }
     const r = info.retention;
-    const row = (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, value));
+    const row = (label, ...value) => h("div", {}, h("dt", {}, label), h("dd", {}, ...value));
     replace(
       shown,
       row(
