@@ -8,12 +8,14 @@ never fixed sleeps.
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import WAIT_MS, Bus
+from tests.browser.conftest import DESKTOP, PHONE, SCREENSHOTS, WAIT_MS, Bus, wait_until
+from tests.servers import free_port
 from tests.tokens import token_cli
 
 CTX = "console"
@@ -316,3 +318,84 @@ def test_a_token_protected_server_asks_for_a_token_and_shows_what_it_may_not_do(
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("h1")).to_have_text("Sign in")
     assert page.evaluate("sessionStorage.getItem('eventbus.token')") is None
+
+
+# -- the looks: every view at a laptop's and a phone's width, light and dark -----------------
+SHOP = "shop"
+
+
+@pytest.fixture
+def showcase(bus, receiver, channel_name):
+    """A small, lively bus: channels with events, consumers behind, webhooks ok and failing."""
+    suffix = channel_name.rsplit("-", 1)[1]
+    orders, payments, mails = f"orders{suffix}", f"payments{suffix}", f"emails{suffix}"
+    bus.publish(SHOP, orders, [{"order": 1000 + n, "total": {"amount": "19.90", "currency": "EUR"},
+                                "lines": [{"sku": f"SKU-{n}", "qty": 1 + n % 3}]} for n in range(40)],
+                issuer="checkout")
+    bus.publish(SHOP, payments, [{"order": 1000 + n, "status": "captured"} for n in range(12)], issuer="psp")
+    bus.publish(SHOP, mails, {"to": "ada@example.com", "template": "receipt"}, issuer="mailer")
+    base = f"/consumers/{SHOP}/{orders}"
+    bus.call("PUT", f"{base}/billing", {"mode": "shared", "max_deliveries": 1})
+    bus.call("PUT", f"{base}/analytics", {"mode": "ordered"})
+    bus.call("PUT", f"{base}/search-index", {"mode": "ordered", "start": "latest"})
+    for _ in range(12):  # billing handles a few, and two fail for good
+        leased = bus.call("POST", f"{base}/billing/next?timeout=0").json()
+        bus.call("POST", f"{base}/billing/ack", {"lease": leased["lease"]})
+    for _ in range(2):
+        leased = bus.call("POST", f"{base}/billing/next?timeout=0").json()
+        bus.call("POST", f"{base}/billing/nack", {"lease": leased["lease"]})
+    good = bus.call("POST", "/subscriptions", {"context": SHOP, "channel": payments,
+                                                "url": receiver.url, "start": "earliest"}).json()
+    bad = bus.call("POST", "/subscriptions", {"context": SHOP, "channel": orders,
+                                               "url": f"http://127.0.0.1:{free_port()}/gone",
+                                               "start": "earliest"}).json()
+    wait_until(lambda: bus.get(f"/subscriptions/{bad['id']}")["status"] == "disabled", "disabled")
+    wait_until(lambda: bus.get(f"/subscriptions/{good['id']}")["lag"] == 0, "delivered")
+    return {"orders": orders, "payments": payments}
+
+
+def no_horizontal_scroll(page) -> None:
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{page.url} is {overflow} px wider than the {page.viewport_size['width']} px screen"
+
+
+def test_every_view_fits_a_laptop_and_a_phone_in_light_and_dark(browsing, bus, showcase):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    orders = showcase["orders"]
+    publishing = threading.Event()
+
+    def publish_now_and_then() -> None:  # a live rate for the channels view
+        n = 0
+        while not publishing.wait(0.2):
+            n += 1
+            bus.publish(SHOP, orders, {"order": 2000 + n, "total": {"amount": "5.00", "currency": "EUR"}},
+                        issuer="checkout")
+
+    publisher = threading.Thread(target=publish_now_and_then, daemon=True)
+    publisher.start()
+    try:
+        views = [
+            ("channels", "#/channels", "#channels-table tbody tr"),
+            ("channel", f"#/c/{SHOP}/{orders}", "#tail li.event"),
+            ("consumers", f"#/c/{SHOP}/{orders}/consumers", "#consumers-table tbody tr"),
+            ("webhooks", "#/webhooks", "#webhooks-table tbody tr"),
+        ]
+        for viewport, scheme, suffix in ((DESKTOP, "light", ""), (PHONE, "light", "-phone"), (DESKTOP, "dark", "-dark")):
+            page = browsing.page(viewport, scheme)
+            for name, fragment, ready in views:
+                page.goto(bus.ui(fragment))
+                expect(page.locator(ready).first).to_be_visible()
+                if name == "channels":
+                    page.select_option("#context-filter", SHOP)
+                    # two samples of the busy channel: its rate is known
+                    expect(page.locator(f'tr[data-channel="{SHOP}/{orders}"] td.rate')).not_to_have_text("—")
+                if name == "consumers":
+                    page.get_by_role("button", name="2 dead").click()
+                    expect(page.locator("#dead-letters li.event")).to_have_count(2)
+                if name == "channel":
+                    expect(page.locator("#stream-state")).to_have_text("live")
+                no_horizontal_scroll(page)
+                page.screenshot(path=str(SCREENSHOTS / f"console-{name}{suffix}.png"))
+    finally:
+        publishing.set()
+        publisher.join()
