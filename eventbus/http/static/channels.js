@@ -56,7 +56,9 @@ function buckets(key, now) {
   const list = samples.get(key) || [];
   const points = [];
   for (let end = now - WINDOW_S + BUCKET_S; end <= now + 0.001; end += BUCKET_S) {
-    const before = idAt(list, end - BUCKET_S);
+    // the bucket where sampling began counts from its first sample
+    let before = idAt(list, end - BUCKET_S);
+    if (before === null && list.length && list[0][0] <= end) before = list[0][1];
     const after = idAt(list, end);
     points.push(before === null || after === null ? null : Math.max(0, after - before));
   }
@@ -80,6 +82,7 @@ function sparkline(key, now) {
     svg("title", {}, label),
     svg("line", { x1: 0, y1: height - 2, x2: width, y2: height - 2, class: "base" }),
     coords.length > 1 ? svg("polyline", { points: coords.join(" ") }) : null,
+    coords.length === 1 ? svg("circle", { cx: coords[0].split(",")[0], cy: coords[0].split(",")[1], r: 1.6 }) : null,
   );
 }
 
