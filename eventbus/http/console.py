@@ -103,7 +103,8 @@ class ConsoleResource(Resource):
             request.setHeader(b"Allow", ALLOWED_METHODS)
             method = request.method.decode("latin-1")
             return render.error(request, 405, f"method {method} not allowed here; allowed: GET, HEAD")
-        segments = request.postpath[1:] if request.postpath[:1] == [PREFIX] else request.postpath
+        path = request.postpath or []
+        segments = path[1:] if path[:1] == [PREFIX] else path
         if not segments:
             # "/ui": the page's relative links need the folder's slash.
             request.setResponseCode(308)
