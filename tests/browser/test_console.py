@@ -113,14 +113,29 @@ def test_the_publish_form_stores_an_event_and_refuses_invalid_json(page, bus, ch
     assert bus.get(f"/channels/{CTX}/{channel_name}")["last_id"] == 1
 
 
+#: Keeps every EventSource the page opens in window.__sources (injected by
+#: the browser's debugging protocol, before the page's own scripts).
+TRACK_EVENT_SOURCES = """
+(() => {
+  const Original = window.EventSource;
+  window.__sources = [];
+  window.EventSource = class extends Original {
+    constructor(...args) { super(...args); window.__sources.push(this); }
+  };
+})();
+"""
+
+
 def test_pause_holds_the_tail_and_resume_catches_up_without_gaps(page, bus, channel_name):
+    page.add_init_script(TRACK_EVENT_SOURCES)
     bus.publish(CTX, channel_name, {"n": 1})
     open_channel(page, bus, channel_name)
     page.get_by_role("button", name="Pause").click()
     expect(page.locator("#stream-state")).to_have_text("paused")
+    # paused: the stream is closed, so nothing can arrive
+    assert page.evaluate("window.__sources.length > 0 && window.__sources.every(s => s.readyState === 2)")
     for n in (2, 3):
         bus.publish(CTX, channel_name, {"n": n})
-    # nothing arrives while paused: the stream is closed (checked by the server's count)
     expect(page.locator("#tail li.event")).to_have_count(1)
     page.get_by_role("button", name="Resume").click()
     expect(page.locator("#stream-state")).to_have_text("live")
