@@ -414,3 +414,44 @@ def test_every_view_fits_a_laptop_and_a_phone_in_light_and_dark(browsing, bus, s
     finally:
         publishing.set()
         publisher.join()
+
+
+def test_payloads_are_reindented_without_being_reencoded(page, bus):
+    """dom.js cuts payloads out of the API's text and re-indents them: numbers,
+    escapes and key order stay exactly as published (JSON.parse would not)."""
+    page.goto(bus.ui())
+    expect(page.locator("h1")).to_have_text("Channels")
+    result = page.evaluate("""async () => {
+      const dom = await import("./dom.js");
+      const event = '{"id":7,"issuer":"x","context":"c","channel":"d","timestamp":1.5,'
+        + '"payload":{"z":1.50,"a":"}{,:[]\\\\"","big":123456789012345678901234567890,'
+        + '"n":[1e400, {} ,[ ]],"o":{ "p" : null }}}';
+      const read = dom.readEvent(event);
+      return {
+        payload: read.payloadText,
+        pretty: dom.pretty(read.payloadText),
+        parts: [...dom.rawParts('[ {"a": 1} , "s,]" ,3 ]')],
+        empty: dom.pretty('{ }'),
+      };
+    }""")
+    assert result["payload"] == (
+        '{"z":1.50,"a":"}{,:[]\\\\\\"","big":123456789012345678901234567890,'
+        '"n":[1e400, {} ,[ ]],"o":{ "p" : null }}'
+    )
+    assert result["pretty"] == "\n".join([
+        "{",
+        '  "z": 1.50,',
+        '  "a": "}{,:[]\\\\\\"",',
+        '  "big": 123456789012345678901234567890,',
+        '  "n": [',
+        "    1e400,",
+        "    {},",
+        "    []",
+        "  ],",
+        '  "o": {',
+        '    "p": null',
+        "  }",
+        "}",
+    ])
+    assert result["parts"] == ['{"a": 1}', '"s,]"', "3"]
+    assert result["empty"] == "{}"
