@@ -206,10 +206,12 @@ def start_server(dsn: str, workdir: Path, *args: str) -> ServerProcess:
 @pytest.fixture(scope="module")
 def bus(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:  # noqa: F811
     """A server in the default ``local`` mode (the browser is on its machine),
-    whose webhooks may call loopback and give up on a failing receiver after 1 s."""
+    whose webhooks may call loopback and give up on a failing receiver after
+    1 s, and whose pruner applies retention five times a second."""
     server = start_server(
         dsn, tmp_path_factory.mktemp("console"),
         "--webhook-allow-private", "--webhook-retry-scale", "0.05", "--webhook-disable-after", "1",
+        "--retention-interval", "0.2",
     )
     yield Bus(server)
     server.stop()

@@ -299,6 +299,22 @@ def test_retention_is_shown_and_changed_from_the_channel_view(page, bus, channel
     assert bus.get(f"/channels/{CTX}/{channel_name}")["retention"]["max_events"] is None
 
 
+def test_a_tail_resumed_after_retention_pruned_its_place_says_what_it_missed(page, bus, channel_name):
+    bus.publish(CTX, channel_name, [{"n": n} for n in range(1, 4)])
+    open_channel(page, bus, channel_name)
+    expect(page.locator("#tail li.event")).to_have_count(3)
+    page.get_by_role("button", name="Pause").click()
+    bus.publish(CTX, channel_name, [{"n": n} for n in range(4, 31)])
+    path = f"/channels/{CTX}/{channel_name}"
+    assert bus.call("PATCH", path, {"retention": {"max_events": 5}}).status == 200
+    wait_until(lambda: bus.get(path)["first_id"] == 26, "pruned to the last 5 events")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".notes")).to_contain_text("22 events before #26 were removed by retention.")
+    expect(page.locator("#tail li.event").first).to_have_attribute("data-id", "30")
+    expect(page.locator("#tail li.event")).to_have_count(8)  # 1-3, then 26-30
+    expect(page.locator("#load-older")).to_be_hidden()
+
+
 def test_a_token_protected_server_asks_for_a_token_and_shows_what_it_may_not_do(
         browsing, locked_bus, dsn, channel_name):
     browsing.log.allow("status of 401")  # the console's first calls, before the token
