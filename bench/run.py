@@ -101,16 +101,18 @@ def log(message: str) -> None:
 
 
 def _scenarios() -> dict[str, Callable[[Context], Result]]:
-    from bench.scenarios import batch, large_store, memory, publish, publish_auth, sse, wake, waiters, webhooks
+    from bench.scenarios import (batch, large_store, memory, publish, publish_auth, publish_keyed, retention, sse,
+                                 wake, waiters, webhooks)
 
     return {module.NAME: module.run
-            for module in (publish, publish_auth, batch, wake, waiters, large_store, sse, memory, webhooks)}
+            for module in (publish, publish_auth, publish_keyed, batch, wake, waiters, large_store, sse,
+                           memory, webhooks, retention)}
 
 
 def missing_tools() -> list[str]:
     notes = []
     if reason := wrk.missing():
-        notes.append(f"{reason}: scenarios publish, publish-auth and batch will be skipped, "
+        notes.append(f"{reason}: scenarios publish, publish-auth, publish-keyed, batch and retention will be skipped, "
                      "and the throughput part of waiters")
     if reason := procs.nchan_missing():
         notes.append(f"Nchan {reason}: reference C will be reported as not installed")

@@ -25,10 +25,7 @@ wrk.headers["X-EVENT-ISSUER"] = "bench"
 local prefix = "{prefix}"
 local channels = {channels}
 local counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format(nil, prefix .. (counter % channels))
-end
+{request}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -41,6 +38,24 @@ end
 """
 
 
+#: Each request to the next channel, round-robin.
+_REQUEST = """\
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, prefix .. (counter % channels))
+end"""
+#: The same, with a header whose value is unique to the request (``{name}``).
+_REQUEST_UNIQUE = """\
+local unique = "{tag}-" .. tostring(os.time()) .. "-" .. tostring(math.random(1000000000))
+request = function()
+  counter = counter + 1
+  local headers = {{}}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  headers["{name}"] = unique .. "-" .. counter
+  return wrk.format(nil, prefix .. (counter % channels), headers)
+end"""
+
+
 def missing() -> Optional[str]:
     """Why wrk cannot run here (with the install command), or None."""
     if shutil.which("wrk") is None:
@@ -50,8 +65,11 @@ def missing() -> Optional[str]:
 
 def post(port: int, prefix: str, body: bytes, *, channels: int, connections: int,
          seconds: int, threads: int, workdir: Path, tag: str,
-         headers: Optional[dict[str, str]] = None) -> dict:
+         headers: Optional[dict[str, str]] = None, unique_header: Optional[str] = None) -> dict:
     """POST ``body`` for ``seconds`` over ``connections`` keep-alive connections.
+
+    ``unique_header``: a header (``Idempotency-Key``) sent with a value no
+    other request of any run has.
 
     Returns requests/s and error counts; ``bad_status`` counts answers that
     are not 2xx/3xx (a 503 under load shows up there).
@@ -60,8 +78,9 @@ def post(port: int, prefix: str, body: bytes, *, channels: int, connections: int
         raise ValueError("body must not contain the Lua long-bracket terminator")
     script = workdir / f"wrk-{tag}.lua"
     extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    request = _REQUEST if unique_header is None else _REQUEST_UNIQUE.format(name=unique_header, tag=tag)
     script.write_text(_SCRIPT.format(body=body.decode(), prefix=prefix, channels=channels,
-                                     extra_headers=extra))
+                                     extra_headers=extra, request=request))
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
            f"--timeout={REQUEST_TIMEOUT_S}s", "-s", str(script), f"http://127.0.0.1:{port}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)

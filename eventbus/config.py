@@ -20,7 +20,10 @@ from typing import Any, ClassVar
 from twisted.python import usage
 
 from eventbus.auth import LOCAL, MODES, OFF, is_loopback
+from eventbus.errors import InvalidInput
 from eventbus.http.site import ACCESS_LOG_TWISTD
+from eventbus.model import Retention
+from eventbus.retention import check_max_age, check_max_events
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,15 @@ class Settings:
     webhook_concurrency: int = 64
     #: Channels of one webhook subscription with an attempt in flight at once.
     webhook_subscription_concurrency: int = 4
+    #: Retention defaults: delete events older than this many seconds, or
+    #: beyond the newest N of their channel; None: keep them (a channel's own
+    #: setting overrides each).
+    retention_max_age: float | None = None
+    retention_max_events: int | None = None
+    #: Seconds between two rounds of the pruner.
+    retention_interval: float = 10.0
+    #: Seconds an ``Idempotency-Key`` is remembered per channel.
+    idempotency_window: float = 86400.0
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -78,10 +90,21 @@ class Settings:
         values["webhook_allow_private"] = bool(values["webhook_allow_private"])
         return cls(**values)
 
+    @property
+    def retention(self) -> Retention:
+        """The server's default retention policy."""
+        return Retention(self.retention_max_age, self.retention_max_events)
+
 
 DEFAULTS = Settings()
 #: Highest --webhook-concurrency (and per-subscription concurrency) accepted.
 MAX_WEBHOOK_CONCURRENCY = 10_000
+#: --retention-interval: often enough to delete what is eligible within a
+#: minute, with the leader's lease (three rounds) taken over in time.
+MIN_RETENTION_INTERVAL_S = 0.1
+MAX_RETENTION_INTERVAL_S = 15.0
+#: Longest --idempotency-window accepted: ten years.
+MAX_IDEMPOTENCY_WINDOW_S = 315_360_000
 
 
 class Options(usage.Options):
@@ -125,6 +148,17 @@ class Options(usage.Options):
         ["webhook-subscription-concurrency", None, DEFAULTS.webhook_subscription_concurrency,
          "Channels of one webhook subscription with an attempt in flight at once; the"
          " others take turns.", int],
+        ["retention-max-age", None, DEFAULTS.retention_max_age,
+         "Delete events older than this many seconds (a channel's own setting"
+         " overrides it); default: keep them.", float],
+        ["retention-max-events", None, DEFAULTS.retention_max_events,
+         "Keep at most this many events per channel, deleting the oldest (a"
+         " channel's own setting overrides it); default: keep them all.", int],
+        ["retention-interval", None, DEFAULTS.retention_interval,
+         "Seconds between two rounds of the pruner (one process prunes at a time).", float],
+        ["idempotency-window", None, DEFAULTS.idempotency_window,
+         "Seconds an Idempotency-Key is remembered in its channel: a publish repeating"
+         " it within this time gets the first publish's answer.", float],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
@@ -178,6 +212,22 @@ class Options(usage.Options):
         if not 1 <= self["webhook-subscription-concurrency"] <= MAX_WEBHOOK_CONCURRENCY:
             raise usage.UsageError(
                 f"--webhook-subscription-concurrency must be from 1 to {MAX_WEBHOOK_CONCURRENCY}"
+            )
+        try:
+            if self["retention-max-age"] is not None:
+                check_max_age(self["retention-max-age"], "--retention-max-age", nullable=False)
+            if self["retention-max-events"] is not None:
+                check_max_events(self["retention-max-events"], "--retention-max-events", nullable=False)
+        except InvalidInput as e:
+            raise usage.UsageError(e.message) from None
+        if not MIN_RETENTION_INTERVAL_S <= self["retention-interval"] <= MAX_RETENTION_INTERVAL_S:
+            raise usage.UsageError(
+                f"--retention-interval must be from {MIN_RETENTION_INTERVAL_S:g}"
+                f" to {MAX_RETENTION_INTERVAL_S:g} seconds"
+            )
+        if not 1 <= self["idempotency-window"] <= MAX_IDEMPOTENCY_WINDOW_S:
+            raise usage.UsageError(
+                f"--idempotency-window must be from 1 to {MAX_IDEMPOTENCY_WINDOW_S} seconds"
             )
 
     def settings(self) -> Settings:

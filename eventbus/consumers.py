@@ -180,9 +180,11 @@ class Consumers:
                 if outcome.leased is not None:
                     leased = outcome.leased
                     event = await self.events.event(context, channel, leased.event_id)
-                    if event is None:  # events are never deleted: a broken database
-                        raise Unavailable(f"leased event {leased.event_id} cannot be read")
-                    return Delivery(event=event, lease=leased.token, deliveries=leased.deliveries)
+                    if event is None:
+                        # Retention never deletes a leased event: its lease
+                        # expired already (and it was deleted): lease again.
+                        continue
+                    return Delivery(event, leased.token, leased.deliveries, missed=leased.missed)
                 remaining = deadline - self.reactor.seconds()
                 if remaining <= 0:
                     return None

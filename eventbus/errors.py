@@ -10,13 +10,18 @@ and it imports nothing of ours.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class EventBusError(Exception):
-    """An error a client should be told about, with a message for a person."""
+    """An error a client should be told about, with a message for a person,
+    and optionally facts a program can act on (``details``: JSON values the
+    answer carries beside ``error``, e.g. ``{"last_id": 41}``)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, details: Mapping[str, object] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details: Mapping[str, object] = details or {}
 
 
 class InvalidInput(EventBusError):
@@ -28,7 +33,13 @@ class NotFound(EventBusError):
 
 
 class Conflict(EventBusError):
-    """The request contradicts the current state (an unknown or expired lease)."""
+    """The request contradicts the current state (an unknown or expired lease,
+    an ``Expected-Last-Id`` that is not the channel's last id)."""
+
+
+class Unprocessable(EventBusError):
+    """The request is well-formed but cannot be what it claims to be (an
+    idempotency key reused for a different request)."""
 
 
 class TooLarge(EventBusError):
@@ -65,3 +76,14 @@ class TooManyRequests(EventBusError):
         super().__init__(message)
         #: Seconds after which a retry may succeed.
         self.retry_after = retry_after
+
+
+class Gone(EventBusError):
+    """What was asked for was deleted by retention: the events after a
+    cursor, up to ``first_id`` - 1 (``missed`` of them)."""
+
+    def __init__(self, message: str, *, first_id: int, missed: int) -> None:
+        super().__init__(message, details={"first_id": first_id, "missed": missed})
+        #: The first event still stored (or, if none is, the next to come).
+        self.first_id = first_id
+        self.missed = missed

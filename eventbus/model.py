@@ -40,6 +40,67 @@ class Event(NamedTuple):
     payload: str  # JSON text of an object, exactly as published
 
 
+class Pruned(NamedTuple):
+    """The answer to "the first event after a cursor" when retention deleted
+    every event after it that was ever published: the next one stored will
+    be ``first_id`` (those from the cursor + 1 to ``first_id`` - 1 are gone)."""
+
+    first_id: int
+
+
+# -- channels and retention -----------------------------------------------------------
+@dataclass(frozen=True)
+class Retention:
+    """A retention policy: events older than ``max_age_s`` seconds, or
+    beyond the newest ``max_events``, are deleted; None: no such limit (in a
+    channel's settings: the server's default applies)."""
+
+    max_age_s: float | None = None
+    max_events: int | None = None
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """A channel as stored: its ids, its times and its own retention settings."""
+
+    context: str
+    channel: str
+    #: The channel's last id (0: never written).
+    last_id: int
+    #: The highest id retention deleted (0: none); stored are pruned_to+1 .. last_id.
+    pruned_to: int
+    first_timestamp: float | None
+    last_timestamp: float | None
+    settings: Retention = field(default_factory=Retention)
+
+    @property
+    def count(self) -> int:
+        return max(0, self.last_id - self.pruned_to)
+
+    @property
+    def first_id(self) -> int | None:
+        return self.pruned_to + 1 if self.count else None
+
+
+class PublishCondition(NamedTuple):
+    """What a conditional publish asks for besides storing its events."""
+
+    #: ``Idempotency-Key``: a repeat within the window gets the first answer.
+    key: str | None
+    #: SHA-256 of the request body (hex), with a key: what makes a repeat the same.
+    digest: str | None
+    #: ``Expected-Last-Id``: store only if the channel's last id is this (0: empty).
+    expected: int | None
+
+
+class Appended(NamedTuple):
+    """The events a conditional publish stored, or those it stored before."""
+
+    events: list[Event]
+    #: True when these are the events of an earlier publish with the same key.
+    replayed: bool
+
+
 def check_name(kind: str, value: str) -> str:
     """``value`` if it is a valid name of a context, channel or consumer.
 
@@ -137,6 +198,8 @@ class Leased(NamedTuple):
     event_id: int
     token: str
     deliveries: int
+    #: Events retention deleted since the last lease (skipped), reported once.
+    missed: int = 0
 
 
 class LeaseOutcome(NamedTuple):
@@ -153,6 +216,8 @@ class ConsumerStatus(NamedTuple):
     lag: int
     in_flight: int
     dead: int
+    #: Events retention deleted before this consumer handled them.
+    expired: int = 0
 
 
 class DeadEvent(NamedTuple):
@@ -166,6 +231,8 @@ class Delivery(NamedTuple):
     event: Event
     lease: str
     deliveries: int
+    #: Events skipped since the previous lease because retention deleted them.
+    missed: int = 0
 
 
 # -- webhook subscriptions --------------------------------------------------------------
@@ -196,6 +263,8 @@ class ChannelState:
     last_attempt: float | None
     last_status: int | None
     last_error: str | None
+    #: Events retention deleted before they were delivered (skipped).
+    expired: int = 0
 
 
 @dataclass(frozen=True)

@@ -33,21 +33,21 @@ Layer rule: a domain module; no SQL (it reads through the event store), no HTTP.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from eventbus.errors import Unavailable
-from eventbus.model import MAX_ID, ChannelKey, Event
+from eventbus.model import MAX_ID, ChannelKey, Event, Pruned
 from eventbus.retry import EVERY_SECOND, retrying
 from eventbus.storage.notify import STATE_CHANGED, Notification
 from eventbus.storage.pages import PAGE_BYTES, Page
 from eventbus.tail import TAIL_EVENTS, TailCache
+from eventbus.waking import EventReader, Subscriber, Wake, WakeKind
+
+__all__ = ["EventReader", "Notifier", "Subscriber", "Subscription", "Wake", "WakeKind"]
 
 log = Logger()
 
@@ -56,54 +56,6 @@ WAKE_RETRY_S = EVERY_SECOND(0)
 #: A head beyond every id: the channel may hold anything new, read the store
 #: to know (a new follower, a resync).  Internal: never handed to subscribers.
 _ANY_HEAD = MAX_ID + 1
-
-
-class EventReader(Protocol):
-    """What the notifier reads (the event store, or a fake in tests)."""
-
-    async def first_after(self, context: str, channel: str, cursor: int) -> Event | None: ...
-
-    async def events_by_id(
-        self, context: str, channel: str, ids: set[int], ahead: Iterable[int]
-    ) -> dict[int, Event]: ...
-
-    async def page(self, context: str, channel: str, after: int, upto: int, limit: int) -> Page: ...
-
-
-class WakeKind(enum.Enum):
-    #: Events up to ``Wake.head`` exist in the channel.
-    PUBLISHED = "published"
-    #: No new event, but the channel's consumer state changed (a nack, a
-    #: retry, an ordered ack or a PUT made an event leasable).
-    CHANGED = "changed"
-    #: Notifications may have been lost (the LISTEN connection was down):
-    #: anything may have changed; read again.
-    RESYNC = "resync"
-
-
-@dataclass(frozen=True)
-class Wake:
-    kind: WakeKind
-    #: The channel concerned; None for a RESYNC of a whole context.
-    channel: str | None
-    #: With PUBLISHED: the newest id announced.  0 otherwise.
-    head: int = 0
-
-
-class Subscriber:
-    """What a subscription tells; subclasses override what they need."""
-
-    #: None: wake-ups only.  An id: the events after it are wanted (the
-    #: notifier moves it along for a follower).
-    cursor: int | None = None
-    #: With a cursor: every event from now on (True) or only the next (False).
-    follows: bool = False
-
-    def woken(self, wake: Wake) -> None:
-        """A wake-up (subscribers without a cursor).  Must not raise."""
-
-    def deliver(self, events: list[Event]) -> None:
-        """The events right after ``cursor`` (subscribers with one).  Must not raise."""
 
 
 class Subscription:
@@ -148,13 +100,16 @@ class _NextEvent(Subscriber):
 
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor
-        self.result: defer.Deferred[Event | None] = defer.Deferred()
+        self.result: defer.Deferred[Event | Pruned | None] = defer.Deferred()
         self.timer: IDelayedCall | None = None
 
     def deliver(self, events: list[Event]) -> None:
         self.finish(events[0])
 
-    def finish(self, event: Event | None) -> None:
+    def pruned(self, first_id: int) -> None:
+        self.finish(Pruned(first_id))
+
+    def finish(self, event: Event | Pruned | None) -> None:
         if not self.result.called:
             self.result.callback(event)
 
@@ -221,8 +176,11 @@ class Notifier:
         if ch.idle():
             del self._channels[key]
 
-    async def next_event(self, context: str, channel: str, cursor: int, timeout: float) -> Event | None:
-        """The first event with id > cursor, or None after ``timeout`` seconds."""
+    async def next_event(
+        self, context: str, channel: str, cursor: int, timeout: float
+    ) -> Event | Pruned | None:
+        """The first event with id > cursor (as the store's ``first_after``
+        answers: past a gap, or :class:`Pruned`), or None after ``timeout`` s."""
         key = (context, channel)
         cached = self.tail.get(key, cursor + 1)
         if cached is not None:
@@ -232,8 +190,9 @@ class Notifier:
         waiter.timer = self.reactor.callLater(timeout, waiter.finish, None)
         try:
             event = await self.store.first_after(context, channel, cursor)
-            if event is not None:
+            if isinstance(event, Event):
                 self.tail.add(key, [event])
+            if event is not None:
                 waiter.finish(event)
             return await waiter.result
         finally:
@@ -360,11 +319,22 @@ class Notifier:
             ahead = range(low, min(head, low + TAIL_EVENTS - 1) + 1) if head <= MAX_ID else range(0)
             found = await self.store.events_by_id(key[0], key[1], missing, ahead)
             self.tail.add(key, found.values())
+        gone: dict[int, Event | Pruned | None] = {}
         for waiter in list(ch.waiters):
             cursor = waiter.subscriber.cursor
             assert cursor is not None
-            event = found.get(cursor + 1) or self.tail.get(key, cursor + 1)
-            if event is not None and waiter.active:
+            event: Event | Pruned | None = found.get(cursor + 1) or self.tail.get(key, cursor + 1)
+            if event is None and (cursor < head or head > MAX_ID):
+                # Announced (or maybe, after a resync) yet not stored: retention
+                # deleted it, or it is still to come.  The store tells which.
+                if cursor not in gone:
+                    gone[cursor] = await self.store.first_after(key[0], key[1], cursor)
+                event = gone[cursor]
+            if event is None or not waiter.active:
+                continue
+            if isinstance(event, Pruned):
+                waiter.subscriber.pruned(event.first_id)
+            else:
                 waiter.subscriber.deliver([event])
 
     async def _feed_followers(self, key: ChannelKey, ch: _Channel, head: int) -> None:
@@ -386,6 +356,9 @@ class Notifier:
                 # Delivered from the page itself: the tail ignores events
                 # older than the run it holds.
                 if page and follower.active:
+                    if page[0].id != sub.cursor + 1:
+                        sub.pruned(page[0].id)  # retention made a gap: it must know
+                        break
                     self._deliver(follower, page)
                 more, page = page.cut, Page()  # not held across the next read
 

@@ -23,6 +23,7 @@ from eventbus.http.api import make_root
 from eventbus.http.site import EventBusSite
 from eventbus.http.streams import EventStreams
 from eventbus.notifier import Notifier
+from eventbus.retention import Pruner
 from eventbus.service import (
     DatabaseService,
     EmbeddedPostgresService,
@@ -30,10 +31,13 @@ from eventbus.service import (
     SequentialService,
     TokenCacheService,
 )
+from eventbus.storage.channels import ChannelStore
+from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.consumers import ConsumerStore
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.storage.notify import Listener
+from eventbus.storage.retention import RetentionStore
 from eventbus.storage.tokens import TokenStore
 from eventbus.storage.webhooks import WebhookStore
 from eventbus.tokens import Holds, TokenCache, TokenService
@@ -61,6 +65,7 @@ class Parts:
     streams: EventStreams
     tokens: TokenCache
     site: EventBusSite
+    pruner: Pruner
 
 
 def assemble(settings: Settings, reactor: Any) -> Parts:
@@ -69,6 +74,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     events = EventStore(database)
     notifier = Notifier(reactor, events, own_pids=database.backend_pids)
     events.on_append = notifier.published
+    conditional = ConditionalAppends(database, events.announce, window_s=settings.idempotency_window)
     token_store = TokenStore(database)
     holds = Holds(settings.max_held_per_client)
     token_cache = TokenCache(reactor, token_store, holds)
@@ -97,6 +103,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     resource = make_root(
         database=database,
         events=events,
+        conditional=conditional,
         notifier=notifier,
         streams=streams,
         consumers=consumers,
@@ -104,7 +111,13 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         max_batch=settings.max_batch,
         tokens=TokenService(token_store),
         gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
+        channels=ChannelStore(database),
+        retention=settings.retention,
     )
+    pruner = Pruner(reactor, RetentionStore(database), settings.retention, settings.retention_interval)
+    # Prune steps beyond the events' own (see Pruner.steps): the window of
+    # Idempotency-Key records.
+    pruner.steps.append(conditional.prune_expired_keys)
     site = EventBusSite(
         resource,
         max_body=settings.max_body,
@@ -112,7 +125,9 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         request_timeout=settings.request_timeout,
         reactor=reactor,
     )
-    return Parts(database, events, notifier, listener, consumers, webhooks, streams, token_cache, site)
+    return Parts(
+        database, events, notifier, listener, consumers, webhooks, streams, token_cache, site, pruner
+    )
 
 
 def build(settings: Settings, reactor: Any | None = None) -> service.IService:
@@ -140,6 +155,9 @@ def build(settings: Settings, reactor: Any | None = None) -> service.IService:
     # After the listener (it starts after the database and stops before it),
     # before the ports (they stop first, so no request reaches it stopped).
     parts.webhooks.setServiceParent(root)
+    # Needs only the database; stops (its round finished, its lease given
+    # back) before the database does.
+    parts.pruner.setServiceParent(root)
     for endpoint in settings.listen:
         strports.service(endpoint, parts.site).setServiceParent(root)
     return root

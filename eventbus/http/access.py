@@ -43,12 +43,12 @@ QUERY_PARAMETER = "access_token"
 PRIVATE = b"private, no-store"
 SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 
-CORS_ALLOW_METHODS = b"GET, POST, PUT, DELETE"
+CORS_ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE"
 CORS_ALLOW_HEADERS = (
     b"Authorization, Content-Type, X-EVENT-ISSUER, X-JISS-ISSUER, Idempotency-Key,"
     b" Expected-Last-Id, Last-Event-ID"
 )
-CORS_EXPOSE_HEADERS = b"Location, Retry-After, WWW-Authenticate, Allow"
+CORS_EXPOSE_HEADERS = b"Location, Retry-After, WWW-Authenticate, Allow, Link, Events-Missed, Events-First-Id, Idempotent-Replayed"
 CORS_MAX_AGE = b"600"
 
 #: Digests of recently presented tokens kept by the gate (it costs a hash

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
+from eventbus.http.channels import ChannelsResource
 from eventbus.http.console import PREFIX as CONSOLE_PREFIX
 from eventbus.http.console import ConsoleResource
 from eventbus.http.consumers import ConsumersResource
@@ -20,7 +21,10 @@ from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
 from eventbus.http.tokens import TokensResource
+from eventbus.model import Retention
 from eventbus.notifier import Notifier
+from eventbus.storage.channels import ChannelStore
+from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.tokens import TokenService
@@ -31,6 +35,7 @@ def make_root(
     *,
     database: Database,
     events: EventStore,
+    conditional: ConditionalAppends,
     notifier: Notifier,
     streams: EventStreams,
     consumers: Consumers,
@@ -38,15 +43,19 @@ def make_root(
     max_batch: int,
     tokens: TokenService | None = None,
     gate: Gate | None = None,
+    channels: ChannelStore | None = None,
+    retention: Retention | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
         b"health": HealthResource(database).router.resource(),
-        b"events": EventsResource(events, notifier, streams, max_batch).router.resource(),
+        b"events": EventsResource(events, conditional, notifier, streams, max_batch).router.resource(),
         b"consumers": ConsumersResource(consumers).router.resource(),
         b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
         CONSOLE_PREFIX: ConsoleResource(),
     }
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()
+    if channels is not None:
+        apps[b"channels"] = ChannelsResource(channels, retention or Retention()).router.resource()
     return Root(apps, gate)

@@ -109,12 +109,13 @@ class Broadcaster:
         """Number of streams in a group (for tests)."""
         return sum(len(g.members) for g in self._groups.values())
 
-    def join(self, context: str, channel: str, member: Member) -> defer.Deferred[None] | None:
+    def join(self, context: str, channel: str, member: Member) -> defer.Deferred[bool] | None:
         """Add a caught-up stream to its channel's group.
 
-        Returns a Deferred that fires (with None) when the member has left the
-        group and must carry on by itself from its cursor; cancelling it
-        drops the member.  Returns None if the group is already past the
+        Returns a Deferred that fires when the member has left the group and
+        must carry on by itself from its cursor: with True if it must read
+        the store (retention deleted what follows the group's cursor), else
+        False; cancelling it drops the member.  Returns None if the group is already past the
         member's cursor (the stream must read what it misses from the store).
         """
         key = (context, channel)
@@ -153,7 +154,7 @@ class _Group(Subscriber):
         self.frames: list[bytes] = []
         #: Bytes in ``frames``.
         self.pending = 0
-        self.members: dict[Member, defer.Deferred[None]] = {}
+        self.members: dict[Member, defer.Deferred[bool]] = {}
         self._subscription: Subscription | None = None
         self._flush_call: IDelayedCall | None = None
         self._beat_call: IDelayedCall | None = None
@@ -163,7 +164,7 @@ class _Group(Subscriber):
         self._subscription = self.owner.notifier.subscribe(self.key[0], self.key[1], self)
 
     def add(self, member: Member) -> defer.Deferred:
-        d: defer.Deferred[None] = defer.Deferred(lambda _: self._remove(member))
+        d: defer.Deferred[bool] = defer.Deferred(lambda _: self._remove(member))
         self.members[member] = d
         due = member.last_write + self.owner.heartbeat
         if self._beat_call is None:
@@ -186,6 +187,12 @@ class _Group(Subscriber):
             self._flush()
         elif self._flush_call is None:
             self._flush_call = self.owner.reactor.callLater(self.owner.flush_s, self._flush)
+
+    def pruned(self, first_id: int) -> None:
+        """Retention deleted what follows the group's cursor: every member
+        goes back to its own loop, which reads the store and tells its client."""
+        for member in list(self.members):
+            self._leave(member, read_store=True)
 
     def _flush(self) -> None:
         if self._flush_call is not None:
@@ -252,13 +259,13 @@ class _Group(Subscriber):
             self._beat_call = reactor.callLater(max(0.0, oldest + heartbeat - reactor.seconds()), self._beat)
 
     # -- members leaving -----------------------------------------------------------
-    def _leave(self, member: Member) -> None:
+    def _leave(self, member: Member, read_store: bool = False) -> None:
         """The member goes back to its own loop (its Deferred fires)."""
         d = self.members.pop(member, None)
         if not self.members:
             self._close()
         if d is not None:
-            d.callback(None)
+            d.callback(read_store)
 
     def _remove(self, member: Member) -> None:
         """Canceller of a member's Deferred (its client went away); never raises."""

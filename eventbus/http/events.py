@@ -1,7 +1,10 @@
 """``/events``: publish, read the history, walk with ``peek``, follow over SSE.
 
-Invariant: a ``201`` is sent only after the event is committed, and every
-event a reader is given is a committed one, in id order.
+Invariant: a ``201`` is sent only after the event is committed (or, for a
+repeat of an ``Idempotency-Key``, was committed by the first publish), and
+every event a reader is given is a committed one, in id order; a reader whose
+next events retention deleted is told so (a ``410``, or ``Events-Missed``
+with ``on_expired=earliest``), never moved past them in silence.
 
 Handlers parse (:mod:`.params`), call the event store or the notifier, and
 render (:mod:`.render`); errors are raised and rendered by the router.
@@ -14,17 +17,21 @@ from __future__ import annotations
 from twisted.web.server import Request
 
 from eventbus.auth import Action, publishing_issuer
-from eventbus.errors import InvalidInput, NotFound, TooLarge
+from eventbus.errors import Gone, InvalidInput, NotFound, TooLarge
 from eventbus.http import access, params, render
 from eventbus.http.router import Router
 from eventbus.http.streams import EventStreams, stream_history
-from eventbus.model import MAX_ID, render_event, render_events
+from eventbus.model import MAX_ID, Event, Pruned, render_event, render_events
 from eventbus.notifier import Notifier
+from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.events import EventStore
 
 #: History takes ``start`` and ``limit``; ``peek`` walks instead, waiting up
-#: to ``timeout`` seconds.
-READ_QUERY = params.QueryParams(names=("start", "limit"), modes={"peek": ("timeout",)})
+#: to ``timeout`` seconds, and says what to do when retention deleted what
+#: follows the cursor (``on_expired``).
+READ_QUERY = params.QueryParams(names=("start", "limit"), modes={"peek": ("timeout", "on_expired")})
+#: ``on_expired``: answer 410 Gone (the default), or the first stored event.
+ON_EXPIRED = ("error", "earliest")
 #: Where a stream starts (``Last-Event-ID``, a header, wins).
 STREAM_QUERY = params.QueryParams(names=("after",))
 
@@ -34,8 +41,16 @@ class EventsResource:
 
     router = Router()
 
-    def __init__(self, store: EventStore, notifier: Notifier, streams: EventStreams, max_batch: int) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        conditional: ConditionalAppends,
+        notifier: Notifier,
+        streams: EventStreams,
+        max_batch: int,
+    ) -> None:
         self.store = store
+        self.conditional = conditional
         self.notifier = notifier
         self.streams = streams
         self.max_batch = max_batch
@@ -43,19 +58,30 @@ class EventsResource:
     @router.route("/events/<context>/<channel>", methods=["POST"], need=(Action.PUBLISH,))
     async def publish(self, request: Request, context: str, channel: str) -> bytes:
         issuer = publishing_issuer(access.principal_of(request), params.issuer(request))
-        text, value = params.payload(params.body(request))
+        raw = params.body(request)
+        condition = params.publish_condition(request, raw)
+        text, value = params.payload(raw)
         if isinstance(value, list):
-            return await self._publish_batch(request, context, channel, issuer, text, value)
-        if not isinstance(value, dict):
+            payloads = self._batch(text, value)
+        elif isinstance(value, dict):
+            payloads = [text]
+        else:
             raise InvalidInput("the payload must be a JSON object (or an array of objects)")
-        [event] = await self.store.append(context, channel, issuer, [text])
+        if condition is None:
+            events = await self.store.append(context, channel, issuer, payloads)
+        else:
+            appended = await self.conditional.append(context, channel, issuer, payloads, condition)
+            events = appended.events
+            if appended.replayed:
+                request.setHeader(b"Idempotent-Replayed", b"true")
+        if isinstance(value, list):
+            return render.body(request, b"[" + b",".join(render_events(context, channel, events)) + b"]", 201)
+        [event] = events
         request.setHeader(b"Location", f"/events/{context}/{channel}/{event.id}".encode())
         return render.body(request, render_event(context, channel, event), 201)
 
-    async def _publish_batch(
-        self, request: Request, context: str, channel: str, issuer: str, text: str, values: list[object]
-    ) -> bytes:
-        """An array body: all its events are stored atomically, in array order."""
+    def _batch(self, text: str, values: list[object]) -> list[str]:
+        """An array body: its events, to be stored atomically, in array order."""
         if not values:
             raise InvalidInput("a batch must hold at least one event")
         if len(values) > self.max_batch:
@@ -63,8 +89,7 @@ class EventsResource:
         for i, value in enumerate(values):
             if not isinstance(value, dict):
                 raise InvalidInput(f"batch element {i} is not a JSON object")
-        events = await self.store.append(context, channel, issuer, params.batch(text))
-        return render.body(request, b"[" + b",".join(render_events(context, channel, events)) + b"]", 201)
+        return params.batch(text)
 
     @router.route("/events/<context>/<channel>", methods=["GET"], need=(Action.READ,), query=READ_QUERY)
     async def read(self, request: Request, context: str, channel: str) -> bytes | None:
@@ -72,11 +97,14 @@ class EventsResource:
         if "peek" in query:
             cursor = params.int_param("peek", query["peek"], 0, MAX_ID)
             timeout = params.timeout_param(query.get("timeout"))
+            earliest = params.choice("on_expired", query.get("on_expired", "error"), ON_EXPIRED) == "earliest"
             if request.method == b"HEAD":
                 timeout = 0  # the headers of what is there now, never a wait
             if timeout == 0:
-                return await self._peek(request, context, channel, cursor, timeout)
-            return await access.held(request, lambda: self._peek(request, context, channel, cursor, timeout))
+                return await self._peek(request, context, channel, cursor, timeout, earliest)
+            return await access.held(
+                request, lambda: self._peek(request, context, channel, cursor, timeout, earliest)
+            )
         limit = None
         if "limit" in query:
             limit = params.int_param("limit", query["limit"], 1, 2**63 - 1)
@@ -84,15 +112,45 @@ class EventsResource:
         await stream_history(request, self.store, context, channel, start, limit)
         return None
 
-    async def _peek(self, request: Request, context: str, channel: str, cursor: int, timeout: float) -> bytes:
+    async def _peek(
+        self, request: Request, context: str, channel: str, cursor: int, timeout: float, earliest: bool
+    ) -> bytes:
+        """The first event after ``cursor``; if retention deleted the ones
+        right after it, a 410 naming the first stored, or (``earliest``)
+        that one with ``Events-Missed``."""
+        clock = self.streams.reactor
+        deadline = clock.seconds() + timeout
+        after = cursor
+        while True:
+            found = await self._first_after(context, channel, after, max(0.0, deadline - clock.seconds()))
+            first = found.first_id if isinstance(found, Pruned) else found.id if found is not None else None
+            if first is None or first == after + 1:
+                break
+            if not earliest:
+                raise Gone(
+                    f"events {cursor + 1} to {first - 1} of {context}/{channel} were deleted by retention;"
+                    f" the first event {'stored' if isinstance(found, Event) else 'to come'} is {first}",
+                    first_id=first,
+                    missed=first - cursor - 1,
+                )
+            if isinstance(found, Event):
+                break
+            after = first - 1  # nothing is stored: wait for that one
+            if timeout == 0 or clock.seconds() >= deadline:
+                break
+        if not isinstance(found, Event):
+            return render.no_content(request)
+        if found.id > cursor + 1:
+            request.setHeader(b"Events-Missed", b"%d" % (found.id - cursor - 1))
+        return render.body(request, render_event(context, channel, found))
+
+    async def _first_after(
+        self, context: str, channel: str, cursor: int, timeout: float
+    ) -> Event | Pruned | None:
         if timeout == 0:
             recent = self.notifier.recent(context, channel, cursor, 1)
-            event = recent[0] if recent else await self.store.first_after(context, channel, cursor)
-        else:
-            event = await self.notifier.next_event(context, channel, cursor, timeout)
-        if event is None:
-            return render.no_content(request)
-        return render.body(request, render_event(context, channel, event))
+            return recent[0] if recent else await self.store.first_after(context, channel, cursor)
+        return await self.notifier.next_event(context, channel, cursor, timeout)
 
     @router.route(
         "/events/<context>/<channel>/stream", methods=["GET"], need=(Action.READ,), query=STREAM_QUERY

@@ -14,6 +14,7 @@ Layer rule: the HTTP layer; pure functions of the request, no I/O.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from twisted.web.server import Request
 
 from eventbus.errors import InvalidInput
 from eventbus.http import jsontext
-from eventbus.model import MAX_ID, check_issuer
+from eventbus.model import MAX_ID, PublishCondition, check_issuer
 
 DEFAULT_TIMEOUT_S = 25.0
 #: Longest long-poll ``timeout`` (peek, consumer ``next``).
@@ -117,6 +118,12 @@ def int_param(name: str, value: str, low: int, high: int) -> int:
     return int(value)
 
 
+def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {value[:40]!r}")
+    return value
+
+
 def path_id(value: str) -> int | None:
     """A positive id from a path segment, or None (the caller's 404)."""
     if not UINT.match(value) or not 1 <= int(value) <= MAX_ID + 1:
@@ -183,6 +190,57 @@ def last_event_id(request: Request) -> int | None:
     if len(values) > 1:
         raise InvalidInput("Last-Event-ID header given more than once")
     return int_param("Last-Event-ID", values[0].decode("latin-1").strip(), 0, MAX_ID)
+
+
+#: ``Idempotency-Key``: 1 to 255 visible ASCII characters (no space).
+IDEMPOTENCY_KEY_MAX = 255
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+\Z")
+
+
+def _one_header(request: Request, name: bytes) -> bytes | None:
+    values = request.requestHeaders.getRawHeaders(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidInput(f"{name.decode()} header given more than once")
+    return values[0]
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header, if sent (surrounding blanks are not part of it)."""
+    value = _one_header(request, b"Idempotency-Key")
+    if value is None:
+        return None
+    if not value:
+        raise InvalidInput("Idempotency-Key header is empty")
+    if len(value) > IDEMPOTENCY_KEY_MAX:
+        raise InvalidInput(f"Idempotency-Key header is longer than {IDEMPOTENCY_KEY_MAX} characters")
+    if not _VISIBLE_ASCII.match(value):
+        raise InvalidInput(
+            "Idempotency-Key header must be visible ASCII characters (no spaces or control characters),"
+            f" got {value[:40].decode('latin-1')!r}"
+        )
+    return value.decode("ascii")
+
+
+def expected_last_id(request: Request) -> int | None:
+    """The ``Expected-Last-Id`` header, if sent: 0 (an empty channel) or an id."""
+    value = _one_header(request, b"Expected-Last-Id")
+    if value is None:
+        return None
+    return int_param("Expected-Last-Id", value.decode("latin-1"), 0, MAX_ID)
+
+
+def publish_condition(request: Request, body: bytes) -> PublishCondition | None:
+    """What a publish is conditional on, or None for a plain publish.  With
+    a key, the body's SHA-256: a repeat is the same request only if its body
+    is the same, byte for byte."""
+    key = idempotency_key(request)
+    expected = expected_last_id(request)
+    if key is None and expected is None:
+        return None
+    digest = hashlib.sha256(body).hexdigest() if key is not None else None
+    return PublishCondition(key, digest, expected)
 
 
 # -- JSON bodies -------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Invariant: every complete answer the server sends goes through :func:`body`
 (a status, ``Content-Type: application/json`` and a ``Content-Length``, so
 nothing is chunked), and every error body is :func:`error_body` —
-``{"error": "<message>"}``.  Handlers never build either by hand.
+``{"error": "<message>"}``, with the error's ``details`` (JSON facts such
+as ``last_id``) beside it.  Handlers never build either by hand.
 
 Layer rule: the HTTP layer; renders domain values, never reads the store.
 """
@@ -18,11 +19,13 @@ from twisted.web.server import Request
 from eventbus.model import ALL_CHANNELS, ConsumerStatus, Delivery, Event, SubscriptionState, render_event
 
 JSON = b"application/json"
+#: Reason phrases twisted.web does not know (it would send "Unknown Status").
+REASONS = {422: b"Unprocessable Content", 429: b"Too Many Requests"}
 
 
 def body(request: Request, data: bytes, status: int = 200) -> bytes:
     """A complete JSON response (with Content-Length, so no chunking)."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASONS.get(status))
     request.setHeader(b"Content-Type", JSON)
     request.setHeader(b"Content-Length", b"%d" % len(data))
     return data
@@ -37,12 +40,16 @@ def no_content(request: Request) -> bytes:
     return b""
 
 
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+def error_body(message: str, **details: object) -> bytes:
+    """``{"error": message}``, then what a client needs to act on it
+    (``details``; never another ``error``)."""
+    if not details:
+        return orjson.dumps({"error": message})
+    return orjson.dumps({"error": message, **{k: v for k, v in details.items() if k != "error"}})
 
 
-def error(request: Request, status: int, message: str) -> bytes:
-    return body(request, error_body(message), status)
+def error(request: Request, status: int, message: str, **details: object) -> bytes:
+    return body(request, error_body(message, **details), status)
 
 
 def events_array(context: str, channel: str, events: list[Event]) -> bytes:
@@ -63,6 +70,7 @@ def consumer_status(s: ConsumerStatus) -> bytes:
             "lag": s.lag,
             "in_flight": s.in_flight,
             "dead": s.dead,
+            "expired": s.expired,
             "lease": _seconds(s.lease_s),
             "max_deliveries": s.max_deliveries,
         }
@@ -76,7 +84,10 @@ def leased(context: str, channel: str, event: Event, deliveries: int, lease: str
 
 
 def delivery(context: str, channel: str, d: Delivery) -> bytes:
-    return leased(context, channel, d.event, d.deliveries, d.lease)
+    """A leased event; ``missed`` only the first time after retention made
+    the consumer skip events."""
+    body = leased(context, channel, d.event, d.deliveries, d.lease)
+    return body[:-1] + b',"missed":%d}' % d.missed if d.missed else body
 
 
 # -- webhook subscriptions ---------------------------------------------------------------
@@ -92,6 +103,7 @@ def subscription(state: SubscriptionState, secret: str | None = None) -> dict[st
             "last_attempt": c.last_attempt,
             "last_status": c.last_status,
             "last_error": c.last_error,
+            "expired": c.expired,
         }
         for c in state.channels
     }

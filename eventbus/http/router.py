@@ -1,7 +1,8 @@
 """One router: mounts every resource's Klein app, checks names, renders every error.
 
 Invariant: every answer the server gives that is not a success is rendered
-here, as ``{"error": ...}`` JSON with the status of :data:`STATUS`; a
+here, as ``{"error": ...}`` JSON (plus the error's ``details``, e.g.
+``"last_id"`` of a 409) with the status of :data:`STATUS`; a
 domain error never reaches a client as anything else, and an unexpected one
 is a logged 500 with no detail.  Every path variable that names a context,
 channel or consumer, and the names of the query parameters (each route
@@ -47,12 +48,14 @@ from eventbus.errors import (
     Conflict,
     EventBusError,
     Forbidden,
+    Gone,
     InvalidInput,
     NotFound,
     TooLarge,
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    Unprocessable,
 )
 from eventbus.http import access, params, render
 from eventbus.model import check_name
@@ -68,7 +71,9 @@ STATUS: dict[type[EventBusError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    Gone: 410,
     TooLarge: 413,
+    Unprocessable: 422,
     TooManyRequests: 429,
     Unavailable: 503,
 }
@@ -113,7 +118,7 @@ def error_response(request: Request, error: EventBusError) -> bytes:
         request.setHeader(b"WWW-Authenticate", INVALID_TOKEN_CHALLENGE if error.token_sent else CHALLENGE)
     elif isinstance(error, TooManyRequests):
         request.setHeader(b"Retry-After", b"%d" % error.retry_after)
-    return render.error(request, status_of(error), error.message)
+    return render.error(request, status_of(error), error.message, **error.details)
 
 
 def routing_error(self: Any, request: IRequest, failure: Failure) -> bytes:

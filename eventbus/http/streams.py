@@ -60,8 +60,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import orjson
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -80,6 +81,7 @@ from eventbus.storage.events import EventStore
 from eventbus.storage.pages import PAGE_BYTES, PAGE_SIZE, Page
 
 log = Logger()
+T = TypeVar("T")
 
 #: Events per store read.  Smaller than the history endpoint's page: an SSE
 #: stream is long-lived and catches up in smaller steps.  Either page is also
@@ -88,6 +90,8 @@ log = Logger()
 PAGE_EVENTS = 100
 
 CONTENT_TYPE = b"text/event-stream"
+#: Where what a channel stores begins (retention deleted what was before).
+FIRST_ID_HEADER = b"Events-First-Id"
 #: Sent first, so the status line and headers leave at once (EventSource's
 #: ``open``, ``curl -N``) even on a quiet channel; a comment, not a message.
 OPENING = b": connected\n\n"
@@ -102,9 +106,11 @@ async def stream_history(
     start: dt.datetime | None,
     limit: int | None,
 ) -> None:
-    """Write the channel as a JSON array, page by page, paced by the client."""
-    head = await store.head(context, channel)
-    after = 0
+    """Write the channel as a JSON array, page by page, paced by the client;
+    ``Events-First-Id`` says where what is stored begins (retention)."""
+    first_id, head = await store.bounds(context, channel)
+    request.setHeader(FIRST_ID_HEADER, b"%d" % first_id)
+    after = first_id - 1
     if start is not None and head:
         first = await store.first_id_at(context, channel, start)
         after = head if first is None else first - 1
@@ -209,6 +215,7 @@ class EventStreams:
         Runs until the client disconnects.  Errors before the first byte
         (an outage: 503) propagate to the API's error rendering.
         """
+        gap = None
         if after is None:
             # Only what is published from now on; the notifier wait that
             # follows catches anything committed since this read.
@@ -216,6 +223,7 @@ class EventStreams:
             first = Page()
         else:
             first = await self.store.page(context, channel, after, MAX_ID + 1, PAGE_EVENTS)
+            gap = await self._gap(context, channel, after, first)
         request.setHeader(b"Content-Type", CONTENT_TYPE)
         if not request.responseHeaders.hasHeader(b"Cache-Control"):  # a token's: private
             request.setHeader(b"Cache-Control", b"no-cache")
@@ -229,6 +237,8 @@ class EventStreams:
         stream.writer.no_delay()
         try:
             stream.write(OPENING)
+            if gap is not None:
+                stream.write_expired(gap)
             await stream.run()
         except defer.CancelledError:
             hold = access.hold_of(request)
@@ -255,6 +265,14 @@ class EventStreams:
             # After a disconnect the request has no channel left to tell.
             if request.producer is not None and request.channel is not None:
                 request.unregisterProducer()
+
+    async def _gap(self, context: str, channel: str, cursor: int, page: list[Event]) -> int | None:
+        """The first id stored (or to come) if retention deleted the events
+        right after ``cursor``, else None; ``page`` was read after it."""
+        if page:
+            return page[0].id if page[0].id > cursor + 1 else None
+        first_id, _ = await self.store.bounds(context, channel)
+        return first_id if first_id > cursor + 1 else None
 
 
 class _Stream:
@@ -290,6 +308,14 @@ class _Stream:
         self.write(b"".join(frames(self.context, self.channel, events)))
         self.cursor = events[-1].id
 
+    def write_expired(self, first_id: int) -> None:
+        """Retention deleted the events from the cursor on up to ``first_id``
+        - 1: say so, and carry on from there (its ``id`` is where a
+        reconnect resumes)."""
+        data = orjson.dumps({"first_id": first_id, "missed": first_id - self.cursor - 1})
+        self.write(b"id: %d\nevent: expired\ndata: %s\n\n" % (first_id - 1, data))
+        self.cursor = first_id - 1
+
     async def run(self) -> None:
         store, notifier = self.streams.store, self.streams.notifier
         broadcaster = self.streams.broadcaster
@@ -315,19 +341,28 @@ class _Stream:
                     continue
                 left = broadcaster.join(ctx, chan, self)
                 if left is not None:
-                    # Until our client stops reading; then on by ourselves.
-                    await left
+                    # Until our client stops reading; then on by ourselves
+                    # (from the store if retention made the group skip).
+                    behind = await left
                     continue
                 # The group is already past us: read what we miss.
-            read = await retrying(
-                self.streams.reactor,
-                partial(store.page, ctx, chan, self.cursor, MAX_ID + 1, PAGE_EVENTS),
-                what=f"SSE stream of {ctx}/{chan}",
-                between=self._keep_alive,
-            )
+            read = await self._retrying(partial(store.page, ctx, chan, self.cursor, MAX_ID + 1, PAGE_EVENTS))
+            if not read or read[0].id > self.cursor + 1:
+                # Retention may have deleted what follows the cursor.
+                gap = await self._retrying(partial(self.streams._gap, ctx, chan, self.cursor, read))
+                if gap is not None:
+                    self.write_expired(gap)
             behind = read.cut
             page = read
             del read
+
+    async def _retrying(self, read: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(
+            self.streams.reactor,
+            read,
+            what=f"SSE stream of {self.context}/{self.channel}",
+            between=self._keep_alive,
+        )
 
     def _keep_alive(self) -> None:
         """While the database is away: a keep-alive once the stream has been

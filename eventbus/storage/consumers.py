@@ -21,7 +21,13 @@ Time is the database's (``clock_timestamp()``), read once per transaction
 after the lock is held, so several server processes agree on lease expiry.
 A lease that has expired stays ``leased`` in the table until the next
 leasing transaction of the consumer looks at it; readers treat it by its
-effective state (see :data:`_DEAD`).
+effective state (:mod:`.consumer_rows`).
+
+Retention (:mod:`.retention`) deletes events under the consumers' feet,
+holding the row locks of a channel's consumers: it moves ``next_new`` past
+what it deleted, drops their rows of it and counts what they lose in
+``expired`` and ``missed`` (reported, then reset, by the next lease).  A
+consumer being created starts no lower than the first event stored.
 
 Acks and nacks are single statements that do not take the consumer's lock:
 they lock only the event's row, and the leasing transaction re-checks its
@@ -47,7 +53,8 @@ from eventbus.model import (
     Leased,
     LeaseOutcome,
 )
-from eventbus.storage import pages
+from eventbus.storage import consumer_rows as row_sql
+from eventbus.storage import pages, retention
 from eventbus.storage.database import Cursor, Database, select_list
 from eventbus.storage.notify import STATE_CHANGED, notify_sql
 
@@ -55,23 +62,13 @@ from eventbus.storage.notify import STATE_CHANGED, notify_sql
 #: chosen row under it, before giving up for this round (the caller retries).
 LEASE_ATTEMPTS = 3
 
-# An event row is dead when marked so, or when it has used up its deliveries
-# and is no longer leased (an expired lease, or put back by a nack or a
-# lowered max_deliveries).  Needs aliases ``e`` (consumer_events) and ``c``
-# (consumers); ``{now}`` is the clock: the transaction's reading ``%(now)s``
-# under the lock, or the statement's ``now()`` for lock-free reads.
-_DEAD = (
-    "(e.state = 'dead' OR e.deliveries >= c.max_deliveries"
-    " AND (e.state = 'available' OR e.lease_until <= {now}))"
+_DEAD, _IN_FLIGHT, _READY = row_sql.DEAD, row_sql.IN_FLIGHT, row_sql.READY
+_LOCKED_NOW, _STATEMENT_NOW, _CONSUMER, _HEAD = (
+    row_sql.LOCKED_NOW,
+    row_sql.STATEMENT_NOW,
+    row_sql.CONSUMER,
+    row_sql.HEAD,
 )
-_IN_FLIGHT = "(e.state = 'leased' AND e.lease_until > {now})"
-_READY = (
-    "(e.state = 'available' AND e.available_at <= %(now)s OR e.state = 'leased' AND e.lease_until <= %(now)s)"
-)
-_LOCKED_NOW = "%(now)s"
-_STATEMENT_NOW = "now()"
-_CONSUMER = "c.context = %(context)s AND c.channel = %(channel)s AND c.name = %(name)s"
-_HEAD = "coalesce((SELECT last_id FROM channels WHERE context = %(context)s AND channel = %(channel)s), 0)"
 # Tells waiting ``next`` requests (in every process) that the consumer's
 # state changed: the channel's notification with head STATE_CHANGED, which
 # announces no event, so a waiter tells it apart from a publish.
@@ -90,40 +87,22 @@ class _Consumer(NamedTuple):
     lease_s: float
     max_deliveries: int
     next_new: int
+    #: Events retention deleted since the last lease, not reported yet.
+    missed: int
 
 
 _CONSUMER_COLUMNS = select_list(
-    _Consumer, id="id", mode="mode", lease_s="lease_s", max_deliveries="max_deliveries", next_new="next_new"
+    _Consumer,
+    id="id",
+    mode="mode",
+    lease_s="lease_s",
+    max_deliveries="max_deliveries",
+    next_new="next_new",
+    missed="missed",
 )
 
 
-#: A consumer's state: the cursor is derived (every id below the lowest
-#: pending one, else below next_new, is acked or dead); the lag counts the
-#: pending events and those never delivered, up to the channel's head.
-_STATUS_COLUMNS = select_list(
-    ConsumerStatus,
-    name="c.name",
-    mode="c.mode",
-    lease_s="c.lease_s",
-    max_deliveries="c.max_deliveries",
-    cursor="coalesce(s.first_pending, c.next_new) - 1",
-    lag=f"s.pending + greatest(0, {_HEAD} - c.next_new + 1)",
-    in_flight="s.in_flight",
-    dead="s.dead",
-)
-_BACKLOG_COLUMNS = select_list(
-    Backlog,
-    mode="%(mode)s",
-    next_new="%(next_new)s::bigint",
-    head=_HEAD,
-    in_flight=f"count(*) FILTER (WHERE {_IN_FLIGHT.format(now=_LOCKED_NOW)})",
-    first_pending="min(e.event_id)",
-    first_ready=f"min(e.event_id) FILTER (WHERE {_READY})",
-    next_change_s="extract(epoch FROM min(CASE"
-    f"   WHEN {_IN_FLIGHT.format(now=_LOCKED_NOW)} THEN e.lease_until"
-    "   WHEN e.state = 'available' AND e.available_at > %(now)s THEN e.available_at"
-    " END) - %(now)s)::float8",
-)
+_STATUS_COLUMNS, _BACKLOG_COLUMNS = row_sql.STATUS_COLUMNS, row_sql.BACKLOG_COLUMNS
 _DEAD_EVENT_COLUMNS = pages.slim_columns("ev")
 
 
@@ -180,8 +159,11 @@ class ConsumerStore:
                         "    %(now)s + %(lease)s * interval '1 second')",
                         q,
                     )
-                    await cur.execute("UPDATE consumers SET next_new = %(id)s + 1 WHERE id = %(cid)s", q)
-                    return LeaseOutcome(backlog, Leased(event_id=chosen, token=q["token"], deliveries=1))
+                    await cur.execute(
+                        "UPDATE consumers SET next_new = %(id)s + 1, missed = 0 WHERE id = %(cid)s", q
+                    )
+                    leased = Leased(event_id=chosen, token=q["token"], deliveries=1, missed=row.missed)
+                    return LeaseOutcome(backlog, leased)
                 # Re-checked against the row's latest version: an ack or nack
                 # that committed meanwhile makes this match nothing.
                 await cur.execute(
@@ -195,9 +177,10 @@ class ConsumerStore:
                 )
                 updated = cur.fetchall()
                 if updated:
-                    return LeaseOutcome(
-                        backlog, Leased(event_id=chosen, token=q["token"], deliveries=updated[0][0])
-                    )
+                    if row.missed:
+                        await cur.execute("UPDATE consumers SET missed = 0 WHERE id = %(cid)s", q)
+                    leased = Leased(chosen, q["token"], deliveries=updated[0][0], missed=row.missed)
+                    return LeaseOutcome(backlog, leased)
             return LeaseOutcome(backlog._replace(next_change_s=0.0), None)
 
         return await self.database.transaction(work)
@@ -375,17 +358,19 @@ class ConsumerStore:
         row = cur.fetchone()
         if row is not None or create is None:
             return (None if row is None else _Consumer(*row)), False
+        # Where the channel starts now, and no prune under way or until we commit.
+        await cur.execute(retention.SHARED_CHANNEL_LOCK, p)
+        start = {"earliest": "1", "latest": f"{_HEAD} + 1"}.get(str(create.start), "%(start)s::bigint")
+        # An id below what retention deleted starts at the first stored
+        # event; the ones in between count as expired ("earliest" skips none).
+        skipped = f"greatest(0, {retention.PRUNED_TO} + 1 - {start})"
         if create.start == "earliest":
-            next_new = "1"
-        elif create.start == "latest":
-            next_new = f"{_HEAD} + 1"
-        else:
-            next_new = "%(start)s"
+            skipped = "0"
         await cur.execute(
             "INSERT INTO consumers (context, channel, name, mode, lease_s, max_deliveries,"
-            "    next_new)"
+            "    next_new, expired, missed)"
             " VALUES (%(context)s, %(channel)s, %(name)s, %(mode)s, %(lease)s, %(max)s,"
-            f"    {next_new})"
+            f"    greatest({start}, {retention.PRUNED_TO} + 1), {skipped}, {skipped})"
             " ON CONFLICT (context, channel, name) DO NOTHING"
             f" RETURNING {_CONSUMER_COLUMNS}",
             dict(p, mode=create.mode, lease=create.lease_s, max=create.max_deliveries, start=create.start),

@@ -15,6 +15,12 @@ whose events would not yet be visible).  The same row also keeps
 ``last_ts`` so timestamps never go backwards within a channel, which makes
 ``start`` reads a prefix cut of the id order.
 
+Retention (:mod:`.retention`) deletes runs at the bottom of a channel and
+never lowers the counter, so ids are never reused and what is stored is
+always gapless: ``pruned_to + 1 .. last_id``.  Reads take what is stored;
+:meth:`EventStore.first_after` tells a cursor behind it (a gap, or
+:class:`~eventbus.model.Pruned`) from one at the head.
+
 Every append announces its channel's new head (:mod:`.notify`); PostgreSQL
 delivers it only after commit, to every server process listening.
 
@@ -33,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eventbus.errors import Unavailable
-from eventbus.model import ChannelKey, Event
+from eventbus.model import ChannelKey, Event, Pruned
 from eventbus.storage import pages
 from eventbus.storage.database import Database, Row, is_outage, select_list, within
 from eventbus.storage.notify import notify_sql
@@ -91,6 +97,14 @@ def event_columns(alias: str) -> str:
 
 
 EVENT_COLUMNS = event_columns("e")
+#: The first event stored after ``%(cursor)s`` (head NULL), then the channel's
+#: head (the other columns NULL), read in one snapshot.
+AFTER_SQL = f"""/* eventbus_first_after */
+(SELECT {EVENT_COLUMNS}, NULL::bigint AS head FROM events e
+  WHERE e.channel_id = {CHANNEL_ID} AND e.id > %(cursor)s ORDER BY e.id LIMIT 1)
+UNION ALL
+(SELECT NULL, NULL, NULL, NULL, last_id FROM channels WHERE context = %(context)s AND channel = %(channel)s)
+"""
 
 #: ``on_append(context, channel, events)``: told of every committed append.
 AppendObserver = Callable[[str, str, list[Event]], None]
@@ -224,13 +238,18 @@ class EventStore:
             for item in by_channel[(context, channel)]:
                 first = base + item.offset + 1
                 events = [Event(first + i, ts, item.issuer, p) for i, p in enumerate(item.payloads)]
-                if self.on_append is not None:
-                    try:
-                        self.on_append(context, channel, events)
-                    except Exception:
-                        log.failure("announcing appended events failed")
+                self.announce(context, channel, events)
                 done.append((item, events))
         return done
+
+    def announce(self, context: str, channel: str, events: list[Event]) -> None:
+        """Tell :attr:`on_append` of committed events (of any append path);
+        never raises: the events are committed whatever it does."""
+        if self.on_append is not None:
+            try:
+                self.on_append(context, channel, events)
+            except Exception:
+                log.failure("announcing appended events failed")
 
     # -- reads --------------------------------------------------------------
     async def event(self, context: str, channel: str, event_id: int) -> Event | None:
@@ -240,9 +259,40 @@ class EventStore:
         )
         return Event(*rows[0]) if rows else None
 
-    async def first_after(self, context: str, channel: str, cursor: int) -> Event | None:
-        """The first event with id > cursor (ids are gap-free, so: id cursor+1)."""
-        return await self.event(context, channel, cursor + 1)
+    async def first_after(self, context: str, channel: str, cursor: int) -> Event | Pruned | None:
+        """The first event with id > cursor; None if there is none yet.
+
+        What is stored is gap-free, so that is event cursor+1, unless
+        retention deleted it: then the first stored one after it (a gap the
+        caller tells its client of), or :class:`Pruned` if none is stored.
+        """
+        event = await self.event(context, channel, cursor + 1)
+        if event is not None:
+            return event
+        # One statement, one snapshot: the first stored event after the
+        # cursor, and the channel's head as of the same moment.
+        rows = await self.database.query(
+            AFTER_SQL, {"context": context, "channel": channel, "cursor": cursor}
+        )
+        stored = [Event(*fields) for *fields, head in rows if head is None]
+        if stored:
+            return stored[0]
+        head = max((row[-1] for row in rows), default=0)
+        return Pruned(head + 1) if head > cursor else None
+
+    async def bounds(self, context: str, channel: str) -> tuple[int, int]:
+        """(first id, last id) of what the channel stores; the first id is the
+        next to come when it stores nothing (``(1, 0)`` for a channel never written)."""
+        rows = await self.database.query(
+            "SELECT c.last_id, coalesce(r.pruned_to, 0) FROM channels c"
+            " LEFT JOIN channel_retention r ON r.channel_id = c.id"
+            " WHERE c.context = %s AND c.channel = %s",
+            (context, channel),
+        )
+        if not rows:
+            return 1, 0
+        last_id, pruned_to = rows[0]
+        return int(pruned_to) + 1, int(last_id)
 
     async def events_by_id(
         self,

@@ -53,6 +53,7 @@ _CHANNEL_STATE_COLUMNS = select_list(
     last_attempt="extract(epoch FROM c.last_attempt)::float8",
     last_status="c.last_status",
     last_error="c.last_error",
+    expired="coalesce(c.expired, 0)",
 )
 
 
@@ -82,6 +83,14 @@ class WebhookStore:
                         " SELECT %s, channel, last_id FROM channels WHERE context = %s",
                         (sid, context),
                     )
+                else:  # "earliest": the first event stored (retention deleted the rest)
+                    await cur.execute(
+                        "INSERT INTO webhook_cursors (subscription_id, channel, delivered_id)"
+                        " SELECT %s, c.channel, r.pruned_to"
+                        "   FROM channels c JOIN channel_retention r ON r.channel_id = c.id"
+                        "  WHERE c.context = %s AND r.pruned_to > 0",
+                        (sid, context),
+                    )
             elif start == "latest":
                 await cur.execute(
                     "INSERT INTO webhook_cursors (subscription_id, channel, delivered_id)"
@@ -89,12 +98,19 @@ class WebhookStore:
                     "   WHERE context = %s AND channel = %s), 0)",
                     (sid, channel, context, channel),
                 )
+            elif start == "earliest":  # the first event stored (retention)
+                await cur.execute(
+                    "INSERT INTO webhook_cursors (subscription_id, channel, delivered_id)"
+                    " SELECT %s, %s, coalesce((SELECT r.pruned_to FROM channels c"
+                    "   JOIN channel_retention r ON r.channel_id = c.id"
+                    "  WHERE c.context = %s AND c.channel = %s), 0)",
+                    (sid, channel, context, channel),
+                )
             else:
-                delivered = 0 if start == "earliest" else int(start) - 1
                 await cur.execute(
                     "INSERT INTO webhook_cursors (subscription_id, channel, delivered_id)"
                     " VALUES (%s, %s, %s)",
-                    (sid, channel, delivered),
+                    (sid, channel, int(start) - 1),
                 )
             return sid
 
@@ -198,18 +214,35 @@ class WebhookStore:
         )
         return [row[0] for row in rows]
 
-    async def cursor(self, sid: int, channel: str, owner: str) -> int | None:
-        """The last delivered id of a channel (creating it at 0); None if not ours."""
+    async def cursor(self, sid: int, channel: str, owner: str) -> tuple[int, int] | None:
+        """The last delivered id of a channel (creating it at 0), and the
+        events skipped since (retention) not yet reported; None if not ours."""
         rows = await self.database.query(
             f"WITH s AS ({_LOCK_MINE}),"
             " ins AS (INSERT INTO webhook_cursors (subscription_id, channel, delivered_id)"
             "         SELECT id, %(channel)s, 0 FROM s"
-            "         ON CONFLICT DO NOTHING RETURNING delivered_id)"
-            " SELECT delivered_id FROM ins"
+            "         ON CONFLICT DO NOTHING RETURNING delivered_id, missed)"
+            " SELECT delivered_id, missed FROM ins"
             " UNION ALL"
-            " SELECT c.delivered_id FROM webhook_cursors c JOIN s ON c.subscription_id = s.id"
+            " SELECT c.delivered_id, c.missed FROM webhook_cursors c JOIN s ON c.subscription_id = s.id"
             "  WHERE c.channel = %(channel)s",
             {"sid": sid, "channel": channel, "owner": owner},
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def skipped(self, sid: int, channel: str, owner: str, first_id: int) -> int | None:
+        """Move the cursor past events retention deleted, up to ``first_id`` - 1,
+        counting them; the events skipped and not yet reported, or None if
+        not ours any more."""
+        rows = await self.database.query(
+            f"WITH s AS ({_LOCK_MINE}), n AS (SELECT greatest(0, %(first)s - 1 - c.delivered_id) AS n"
+            "   FROM webhook_cursors c JOIN s ON c.subscription_id = s.id WHERE c.channel = %(channel)s)"
+            " UPDATE webhook_cursors c"
+            "    SET delivered_id = greatest(c.delivered_id, %(first)s - 1),"
+            "        expired = c.expired + n.n, missed = c.missed + n.n"
+            "   FROM s, n WHERE c.subscription_id = s.id AND c.channel = %(channel)s"
+            " RETURNING c.missed",
+            {"sid": sid, "channel": channel, "owner": owner, "first": first_id},
         )
         return rows[0][0] if rows else None
 
@@ -218,7 +251,7 @@ class WebhookStore:
         rows = await self.database.query(
             f"WITH s AS ({_LOCK_MINE})"
             " UPDATE webhook_cursors c"
-            "    SET delivered_id = greatest(c.delivered_id, %(id)s), failures = 0,"
+            "    SET delivered_id = greatest(c.delivered_id, %(id)s), failures = 0, missed = 0,"
             "        failing_since = NULL, last_attempt = clock_timestamp(),"
             "        last_status = %(status)s, last_error = NULL"
             "   FROM s WHERE c.subscription_id = s.id AND c.channel = %(channel)s"

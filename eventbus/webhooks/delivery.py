@@ -226,6 +226,12 @@ class ChannelDelivery:
         self.state = _State.IDLE
         #: The last delivered id, as stored; None until read (or after an error).
         self.cursor: int | None = None
+        #: Events skipped (retention deleted them) not yet reported to the receiver.
+        self.missed = 0
+        #: Whether an empty page may hide a skip: the cursor was just read,
+        #: or the channel waited out failures (meanwhile everything after
+        #: the cursor may have been deleted).
+        self._recheck = True
         self._dirty = True
         self._pause: Any = None
 
@@ -265,6 +271,7 @@ class ChannelDelivery:
             self.state = _State.IDLE
         else:
             assert isinstance(outcome, float)
+            self._recheck = True
             self.state = _State.PAUSED
             self._pause = service.reactor.callLater(outcome, self._resume)
 
@@ -279,10 +286,20 @@ class ChannelDelivery:
             stored = await service.subscriptions.cursor(sub.id, self.channel, service.owner)
             if stored is None:
                 return _Outcome.LOST
-            self.cursor = stored
+            self.cursor, self.missed = stored
+            self._recheck = True
         cursor = self.cursor
         self._dirty = False
         events = await service.events.page(sub.context, self.channel, cursor, MAX_ID, BATCH)
+        if (events and events[0].id > cursor + 1) or (not events and self._recheck):
+            # Retention deleted what follows the cursor: skip it, and count it.
+            first = events[0].id if events else (await service.events.bounds(sub.context, self.channel))[0]
+            if first > cursor + 1:
+                missed = await service.subscriptions.skipped(sub.id, self.channel, service.owner, first)
+                if missed is None:
+                    return _Outcome.LOST
+                self.cursor, self.missed = first - 1, missed
+        self._recheck = False
         if not events:
             return _Outcome.CAUGHT_UP
         started = service.reactor.seconds()
@@ -300,12 +317,13 @@ class ChannelDelivery:
         service, sub = self.owned.service, self.owned.sub
         body = render_event(sub.context, self.channel, event)
         msg_id = f"{sub.id}/{sub.context}/{self.channel}/{event.id}"
-        status, problem = await service.sender.attempt(sub.url, self.owned.key, msg_id, body)
+        status, problem = await service.sender.attempt(sub.url, self.owned.key, msg_id, body, self.missed)
         if self.state is not _State.TURN:
             raise defer.CancelledError()
         if problem is None:
             assert status is not None
             if await service.subscriptions.delivered(sub.id, self.channel, service.owner, event.id, status):
+                self.missed = 0
                 return None
             return _Outcome.LOST
         counted = await service.subscriptions.failed(sub.id, self.channel, service.owner, status, problem)

@@ -120,8 +120,12 @@ class Sender:
         self.http = HTTPClient(agent, cookiejar=cast(Any, _NoCookies()))
         self._files_waiting = False
 
-    async def attempt(self, url: str, key: bytes, msg_id: str, body: bytes) -> tuple[int | None, str | None]:
+    async def attempt(
+        self, url: str, key: bytes, msg_id: str, body: bytes, missed: int = 0
+    ) -> tuple[int | None, str | None]:
         """POST one event once: (status, None) on a 2xx, else (status or None, error).
+        ``missed``: events skipped before this one (retention deleted them),
+        sent as ``Events-Missed`` when there are any.
 
         Waits for its turn first; raises CancelledError if cancelled (the
         delivery is being stopped)."""
@@ -129,7 +133,7 @@ class Sender:
         release = True
         try:
             await self._room_for_files()
-            response, problem = await self._send(url, key, msg_id, body)
+            response, problem = await self._send(url, key, msg_id, body, missed)
             if response is None:
                 return None, problem
             release = False  # the slot is held until the body is read
@@ -141,7 +145,9 @@ class Sender:
             return response.code, None
         return response.code, f"HTTP {response.code}"
 
-    async def _send(self, url: str, key: bytes, msg_id: str, body: bytes) -> tuple[Any, str | None]:
+    async def _send(
+        self, url: str, key: bytes, msg_id: str, body: bytes, missed: int
+    ) -> tuple[Any, str | None]:
         timestamp = int(self.reactor.seconds())
         headers = Headers(
             {
@@ -152,6 +158,8 @@ class Sender:
                 b"webhook-signature": [sign(key, msg_id, timestamp, body).encode()],
             }
         )
+        if missed:
+            headers.addRawHeader(b"Events-Missed", b"%d" % missed)
         try:
             # Inside the try: a request that cannot even be built is a failed
             # attempt like any other (counted, shown, disabled in the end).

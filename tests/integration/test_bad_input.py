@@ -249,6 +249,9 @@ def _query_cases() -> Iterator[Any]:
         # Every parameter must be one this route takes, in this mode.
         "PEEK=1", "Peek=0", "peek=0&Timeout=5", "timeout=5", "limit=1&peek=0&timeout=0",
         "after=1", "peek=0&timeout=0&after=0", "x=1", "=1", "=", "limit=1&nope",
+        # What a peek does behind retention: "error" or "earliest", with peek only.
+        "peek=0&on_expired=latest", "peek=0&on_expired=", "peek=0&on_expired=EARLIEST",
+        "on_expired=earliest", "limit=1&on_expired=earliest", "peek=0&on_expired=error&on_expired=error",
     ]
     for query in queries:
         yield _case(f"query: {query}", "GET", f"{BASE}?{query}", 400)
@@ -258,7 +261,10 @@ def _query_cases() -> Iterator[Any]:
                          ("POST", f"{BASE}?wait=1"), ("POST", f"{BASE}?access_token=t"),
                          ("GET", f"/consumers/{CTX}/{TARGET}?mode=shared"),
                          ("POST", f"/consumers/{CTX}/{TARGET}/c/next?timeout=0&peek=0"),
-                         ("GET", "/subscriptions?channel=x")]:
+                         ("GET", "/subscriptions?channel=x"),
+                         ("GET", f"{BASE}/stream?on_expired=earliest"),
+                         ("GET", f"/channels/{CTX}/{TARGET}?limit=1"),
+                         ("PATCH", f"/channels/{CTX}/{TARGET}?max_age=1")]:
         yield _case(f"query: {method} {path}", method, path, 400, headers=ISSUER, body=GOOD_BODY)
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from tests.servers import REPO
 
-SCENARIOS = {"publish", "publish-auth", "batch", "wake", "waiters", "large-store", "sse", "memory", "webhooks"}
+SCENARIOS = {"publish", "publish-auth", "publish-keyed", "batch", "wake", "waiters", "large-store", "sse",
+             "memory", "webhooks", "retention"}
 SMOKE_TIMEOUT_S = 150
 
 

@@ -98,7 +98,7 @@ async def test_put_creates_201_then_updates_200_and_get_list_delete(server, chan
     r = await c.put(mode="shared", lease=10, max_deliveries=3)
     assert r.code == 201, r
     assert r.json() == {"name": "billing", "mode": "shared", "cursor": 0, "lag": 0,
-                        "in_flight": 0, "dead": 0, "lease": 10, "max_deliveries": 3}
+                        "in_flight": 0, "dead": 0, "expired": 0, "lease": 10, "max_deliveries": 3}
     r = await c.put(mode="ordered", lease=2.5)
     assert r.code == 200, r
     assert r.json()["mode"] == "ordered" and r.json()["lease"] == 2.5
@@ -128,7 +128,7 @@ async def test_next_on_unknown_consumer_creates_it_ordered_from_earliest(server,
     assert isinstance(got["lease"], str)
     s = (await c.status()).json()
     assert s == {"name": "c", "mode": "ordered", "cursor": 0, "lag": 3, "in_flight": 1,
-                 "dead": 0, "lease": 30, "max_deliveries": 5}
+                 "dead": 0, "expired": 0, "lease": 30, "max_deliveries": 5}
     # ordered: nothing else while event 1 is leased
     assert (await c.next()).code == 204
     assert await c.ack(got["lease"]) == 204

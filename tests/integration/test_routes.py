@@ -40,6 +40,10 @@ GET_ROUTES = [
     (f"/consumers/{CTX}/{CH}/c/dead", 200),
     ("/subscriptions", 200),
     ("/subscriptions/999999999", 404),
+    ("/channels", 200),
+    (f"/channels?context={CTX}&limit=1&after={CTX}/a", 200),
+    (f"/channels/{CTX}/{CH}", 200),
+    (f"/channels/{CTX}/never-{CH}", 404),
 ]
 
 

@@ -19,7 +19,7 @@ from eventbus.auth import Action
 from eventbus.http.access import Gate
 from eventbus.http.api import make_root
 from eventbus.http.streams import EventStreams
-from eventbus.model import ConsumerStatus, Event, SubscriptionState
+from eventbus.model import ChannelInfo, ConsumerStatus, Event, SubscriptionState
 from eventbus.tokens import Holds, TokenCache, TokenService
 from tests.unit.test_tokens import FakeTokenStore, done
 
@@ -38,6 +38,9 @@ class FakeEvents:
 
     async def head(self, *a):
         return 0
+
+    async def bounds(self, *a):
+        return 1, 0
 
     async def page(self, *a):
         return []
@@ -82,6 +85,24 @@ class FakeConsumers:
         return [], False  # no dead letters, no more pages
 
 
+class FakeChannels:
+    """Channels as the store keeps them: every one known, none with settings;
+    records the patterns a list was filtered by."""
+
+    def __init__(self) -> None:
+        self.patterns: list[Any] = []
+
+    async def list(self, context, after, limit, patterns=None):
+        self.patterns.append(patterns)
+        return [ChannelInfo("mkp", "INVOICE", 3, 0, 1.0, 2.0)]
+
+    async def get(self, context, channel):
+        return ChannelInfo(context, channel, 3, 0, 1.0, 2.0)
+
+    async def configure(self, context, channel, changes):
+        return None
+
+
 class FakeWebhooks:
     def __init__(self, channel: str = "INVOICE") -> None:
         self.channel = channel
@@ -107,13 +128,15 @@ class Api:
         self.cache = TokenCache(self.clock, self.tokens, Holds(100))  # type: ignore[arg-type]
         events: Any = FakeEvents()
         notifier: Any = FakeNotifier()
+        self.channels = FakeChannels()
         root = make_root(
-            database=events, events=events, notifier=notifier,
+            database=events, events=events, conditional=events, notifier=notifier,
             streams=EventStreams(events, notifier, self.clock, 15.0),
             consumers=FakeConsumers(),  # type: ignore[arg-type]
             webhooks=FakeWebhooks(webhook_channel),  # type: ignore[arg-type]
             max_batch=1000, tokens=TokenService(self.tokens),  # type: ignore[arg-type]
             gate=Gate(mode, self.cache, self.cache.holds, ["https://app.example.com"]),
+            channels=self.channels,  # type: ignore[arg-type]
         )
         self.treq = StubTreq(root)
 
@@ -164,6 +187,8 @@ ROUTES = [
     ("GET", "/subscriptions/7", None, {Action.MANAGE}),
     ("DELETE", "/subscriptions/7", None, {Action.MANAGE}),
     ("POST", "/subscriptions/7/enable", None, {Action.MANAGE}),
+    ("GET", "/channels/mkp/INVOICE", None, {Action.READ}),
+    ("PATCH", "/channels/mkp/INVOICE", {"retention": {"max_events": 10}}, {Action.MANAGE}),
     ("POST", "/tokens", {"name": "new", "scopes": ["read:a/b"]}, set()),
     ("GET", "/tokens", None, set()),
     ("GET", "/tokens/t0", None, set()),

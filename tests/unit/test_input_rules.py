@@ -161,8 +161,9 @@ def test_head_of_a_peek_answers_at_once_whatever_its_timeout():
 
 def test_head_of_a_history_reads_no_page():
     bus = Bus()
-    bus.store.answers = {**bus.store.answers, "head": 500}
+    bus.store.answers = {**bus.store.answers, "bounds": (1, 500)}
     code, headers, body = bus.call("HEAD", BASE)
     assert code == 200 and body == b""
     assert headers.getRawHeaders("Content-Type") == ["application/json"]
-    assert [name for name, _ in bus.store.calls] == ["head"]
+    assert headers.getRawHeaders("Events-First-Id") == ["1"]
+    assert [name for name, _ in bus.store.calls] == ["bounds"]

@@ -29,7 +29,7 @@ class RecordingStore:
     """Records every call; answers like an empty database (append gives id 1)."""
 
     answers: dict[str, Any] = {"append": [Event(1, 1700000000.0, "unit", '{"a": 1}')],
-                               "head": 0}
+                               "head": 0, "bounds": (1, 0)}
 
     def __init__(self, fail_with: Optional[Exception] = None) -> None:
         self.calls: list[tuple[str, tuple]] = []
@@ -66,7 +66,7 @@ class RecordingNotifier:
 class Bus:
     """One API over fakes, and a synchronous way to call it."""
 
-    def __init__(self, store: Optional[RecordingStore] = None) -> None:
+    def __init__(self, store: Optional[RecordingStore] = None, conditional: Any = None) -> None:
         self.store = store or RecordingStore()
         self.notifier = RecordingNotifier()
         clock = Clock()
@@ -76,7 +76,7 @@ class Bus:
             database=store, events=store, notifier=notifier,
             streams=EventStreams(store, notifier, clock, DEFAULTS.heartbeat),
             consumers=Consumers(clock, store, store, notifier), webhooks=None,
-            max_batch=DEFAULTS.max_batch,
+            max_batch=DEFAULTS.max_batch, conditional=conditional or store,
         )
         self.treq = StubTreq(root)
 

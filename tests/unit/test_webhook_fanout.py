@@ -230,7 +230,10 @@ class _Store:
         return [ch for ch, head in self.heads.items() if head > self.by_sub.get((sid, ch), 0)]
 
     async def cursor(self, sid, channel, owner):
-        return self.by_sub.setdefault((sid, channel), 0)
+        return self.by_sub.setdefault((sid, channel), 0), 0
+
+    async def bounds(self, context, channel):
+        return 1, self.heads.get(channel, 0)
 
     async def delivered(self, sid, channel, owner, event_id, status):
         self.by_sub[sid, channel] = event_id
@@ -251,7 +254,7 @@ class _HeldSender:
         self.pending: list[tuple[str, defer.Deferred]] = []
         self.peak = 0
 
-    def attempt(self, url, key, msg_id, body):
+    def attempt(self, url, key, msg_id, body, missed=0):
         d: defer.Deferred = defer.Deferred()
         self.pending.append((msg_id, d))
         self.peak = max(self.peak, len(self.pending))
