@@ -198,7 +198,7 @@ export function channelView(main, { context, channel }) {
   async function diagnose() {
     setState("closed", "closed");
     try {
-      await call("GET", `${events}?peek=${newest ?? startAfter ?? 0}&timeout=0`);
+      await call("GET", `${events}?peek=${newest ?? startAfter ?? 0}&timeout=0&on_expired=earliest`);
       replace(tailProblem, h("p", { class: "note" }, `The stream was closed; reopening in ${REOPEN_MS / 1000} s.`));
     } catch (e) {
       replace(tailProblem, problem(e, "Live tail"));
@@ -267,12 +267,13 @@ export function channelView(main, { context, channel }) {
     '{\n  "hello": "world"\n}',
   );
   const publishResult = h("div", { id: "publish-result", "aria-live": "polite" });
+  const publishButton = h("button", { type: "submit", class: "primary" }, "Publish");
   const publishForm = h(
     "form",
     { id: "publish", novalidate: true },
     field("Issuer", issuerInput, "sent as X-EVENT-ISSUER"),
     field("Payload", payloadInput, "a JSON object, or an array of objects for a batch"),
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Publish")),
+    h("div", { class: "actions" }, publishButton),
     publishResult,
   );
   publishForm.addEventListener("submit", async (e) => {
@@ -285,6 +286,7 @@ export function channelView(main, { context, channel }) {
       return;
     }
     sessionStorage.setItem("eventbus.issuer", issuerInput.value);
+    publishButton.disabled = true; // one click, one event
     try {
       const answer = await call("POST", events, {
         body: text,
@@ -298,6 +300,8 @@ export function channelView(main, { context, channel }) {
       );
     } catch (error) {
       replace(publishResult, problem(error, "Publishing"));
+    } finally {
+      publishButton.disabled = false;
     }
   });
 
