@@ -418,8 +418,10 @@ def test_every_view_fits_a_laptop_and_a_phone_in_light_and_dark(browsing, bus, s
                 expect(page.locator(ready).first).to_be_visible()
                 if name == "channels":
                     page.select_option("#context-filter", SHOP)
-                    # two samples of the busy channel: its rate is known
-                    expect(page.locator(f'tr[data-channel="{SHOP}/{orders}"] td.rate')).not_to_have_text("—")
+                    # a few reads of the busy channel: its rate is known, its sparkline drawn
+                    busy = page.locator(f'tr[data-channel="{SHOP}/{orders}"]')
+                    expect(busy.locator("td.rate")).not_to_have_text("—")
+                    expect(busy.locator("svg.sparkline polyline")).to_have_count(1, timeout=30_000)
                 if name == "consumers":
                     page.get_by_role("button", name="2 dead").click()
                     expect(page.locator("#dead-letters li.event")).to_have_count(2)

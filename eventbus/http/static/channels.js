@@ -12,8 +12,8 @@ import { channelHref } from "./channelparts.js";
 import { field, heading, keepingFocus, Life, panel, problem } from "./ui.js";
 
 export const REFRESH_MS = 3000;
-const WINDOW_S = 600; // the sparkline: the last 10 minutes
-const BUCKET_S = 30; // one point every 30 s
+const WINDOW_S = 300; // the sparkline: the last 5 minutes
+const BUCKET_S = 6; // one point every 6 s (two reads)
 const RATE_S = 60; // the rate: events over the last minute
 
 /** channel key "context/channel" -> [[unix seconds, last id], ...], oldest first. */
@@ -105,7 +105,7 @@ function row(c, now) {
     h("td", { class: "n", "data-label": "Stored" }, num(c.count)),
     h("td", { "data-label": "Last event" }, timeAgo(c.last_timestamp)),
     h("td", { class: "n rate", "data-label": "Per minute" }, rate(r)),
-    h("td", { class: "spark", "data-label": "Last 10 min" }, sparkline(key, now)),
+    h("td", { class: "spark", "data-label": "Last 5 min" }, sparkline(key, now)),
     h("td", { class: "retention", "data-label": "Retention" }, retentionText(c.retention)),
   );
 }
@@ -130,7 +130,7 @@ export function channelsView(main) {
         h("th", { scope: "col", class: "n" }, "Stored"),
         h("th", { scope: "col" }, "Last event"),
         h("th", { scope: "col", class: "n" }, "Per minute"),
-        h("th", { scope: "col" }, "Last 10 min"),
+        h("th", { scope: "col" }, "Last 5 min"),
         h("th", { scope: "col" }, "Retention"),
       ),
     ),
