@@ -12,6 +12,8 @@ from __future__ import annotations
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
 from eventbus.http.channels import ChannelsResource
+from eventbus.http.console import PREFIX as CONSOLE_PREFIX
+from eventbus.http.console import ConsoleResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
@@ -53,6 +55,7 @@ def make_root(
         b"events": EventsResource(events, conditional, notifier, streams, max_batch).router.resource(),
         b"consumers": ConsumersResource(consumers).router.resource(),
         b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
+        CONSOLE_PREFIX: ConsoleResource(),
     }
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()

@@ -219,7 +219,7 @@ class Root(Resource):
             return render.error(request, 400, "a name in the request path contains an encoded '/'")
         first = request.postpath[0] if request.postpath else b""
         gate = self.gate
-        if gate is not None and first != PUBLIC_SEGMENT:
+        if gate is not None and first not in PUBLIC_SEGMENTS:
             if gate.cors(request):
                 return render.no_content(request)  # a CORS preflight
             try:
@@ -256,5 +256,7 @@ class Root(Resource):
             request.finish()
 
 
-#: ``/health`` needs no token (and gets no CORS headers).
-PUBLIC_SEGMENT = b"health"
+#: What needs no token (and gets no CORS headers): ``/health``, and the
+#: console's static files under ``/ui`` (they hold no data; the console then
+#: calls the API like any client, with its user's token).
+PUBLIC_SEGMENTS = frozenset({b"health", b"ui"})
