@@ -19,6 +19,7 @@ A tool for finding where memory goes, not a scenario: no target.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -41,6 +42,11 @@ signal.signal(signal.SIGUSR2, _start)
 def _dump(signum, frame):
     import gc
     gc.collect()
+    if os.environ.get("EVENTBUS_MEMPROFILE_DICTS"):
+        from twisted.web.server import Request
+        live = [o for o in gc.get_objects() if isinstance(o, Request)]
+        if live:
+            sys.stderr.write("REQUEST-DICT %d %d %r\\n" % (len(live), sys.getsizeof(live[0].__dict__), list(live[0].__dict__)))
     path = os.environ["EVENTBUS_MEMPROFILE_DIR"] + "/snap-%d" % _n[0]
     tracemalloc.take_snapshot().dump(path + ".tmp")
     os.rename(path + ".tmp", path)
@@ -50,6 +56,8 @@ from eventbus.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
 TEMPLATE = "/events/bench/idle-{i}?peek=0&timeout=300"
+#: Waiters sent at once.
+BATCH = 100
 
 
 class TracedEventBus(procs.EventBus):
@@ -152,9 +160,20 @@ def main(argv: list[str]) -> int:
         os.kill(server.pid, signal.SIGUSR2)  # trace from here on: the warm-up ran at full speed
         time.sleep(1)
         before = snapshot(server, snapdir, 0)
-        with IdleWaiters(server.port, args.waiters, TEMPLATE, server.pid):
+        # In batches, each registered before the next comes: a traced server
+        # is slow, and on a busy machine thousands of requests at once would
+        # wait out the query timeout, be answered 503 and come back.
+        with contextlib.ExitStack() as stack:
+            for start in range(0, args.waiters, BATCH):
+                count = min(BATCH, args.waiters - start)
+                stack.enter_context(IdleWaiters(server.port, count, f"/events/bench/b{start}-{{i}}?peek=0&timeout=300",
+                                                server.pid))
             rss1 = server.rss_kb()
             after = snapshot(server, snapdir, 1)
+        refused = server.log_path.read_text(errors="replace").count('" 503 ')
+        if refused:
+            print(f"WARNING: {refused} requests were answered 503 (the server was too slow): "
+                  "the figures below include their retries")
         print(f"VmRSS (traced, inflated by tracemalloc): {rss0 / 1024:.1f} MB -> {rss1 / 1024:.1f} MB, "
               f"{(rss1 - rss0) * 1024 / args.waiters:,.0f} B per waiter")
         report(before, after, args.waiters, args.top)
