@@ -76,6 +76,9 @@ class Settings:
     retention_interval: float = 10.0
     #: Seconds an ``Idempotency-Key`` is remembered per channel.
     idempotency_window: float = 86400.0
+    #: Split the counts of events published, pruned and replayed by context
+    #: in the metrics (a label per context: only where contexts are few).
+    metrics_context_labels: bool = False
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -88,6 +91,7 @@ class Settings:
         values["cors_origin"] = tuple(values["cors_origin"])
         values["dsn"] = values["dsn"] or None
         values["webhook_allow_private"] = bool(values["webhook_allow_private"])
+        values["metrics_context_labels"] = bool(values["metrics_context_labels"])
         return cls(**values)
 
     @property
@@ -164,6 +168,9 @@ class Options(usage.Options):
         ["webhook-allow-private", None,
          "Allow webhook URLs on loopback, private, link-local and other non-public"
          " addresses."],
+        ["metrics-context-labels", None,
+         "Label the metrics of events published, pruned and replayed with their"
+         " context (one series per context: only where contexts are few)."],
     ]  # fmt: skip
 
     def __init__(self) -> None:

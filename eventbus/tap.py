@@ -22,6 +22,9 @@ from eventbus.http.access import Gate
 from eventbus.http.api import make_root
 from eventbus.http.site import EventBusSite
 from eventbus.http.streams import EventStreams
+from eventbus.metrics import Metrics, Sources, Stored
+from eventbus.metrics.exposition import Exposition
+from eventbus.metrics.values import STORED_MAX_AGE_S
 from eventbus.notifier import Notifier
 from eventbus.retention import Pruner
 from eventbus.service import (
@@ -31,6 +34,7 @@ from eventbus.service import (
     SequentialService,
     TokenCacheService,
 )
+from eventbus.storage import gauges
 from eventbus.storage.channels import ChannelStore
 from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.consumers import ConsumerStore
@@ -70,11 +74,14 @@ class Parts:
 
 def assemble(settings: Settings, reactor: Any) -> Parts:
     """Build and wire every object of a server process (starting none of them)."""
+    metrics = Metrics(context_labels=settings.metrics_context_labels)
     database = Database(reactor, settings.dsn or "", pool_size=settings.pool_size)
-    events = EventStore(database)
+    events = EventStore(database, metrics.appends)
     notifier = Notifier(reactor, events, own_pids=database.backend_pids)
     events.on_append = notifier.published
-    conditional = ConditionalAppends(database, events.announce, window_s=settings.idempotency_window)
+    conditional = ConditionalAppends(
+        database, events.announce, window_s=settings.idempotency_window, metrics=metrics.appends
+    )
     token_store = TokenStore(database)
     holds = Holds(settings.max_held_per_client)
     token_cache = TokenCache(reactor, token_store, holds)
@@ -84,9 +91,15 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         token_cache.changed()
 
     listener = Listener(
-        reactor, database.dsn, notifier.on_notification, recovered, on_token_changed=token_cache.changed
+        reactor,
+        database.dsn,
+        notifier.on_notification,
+        recovered,
+        on_token_changed=token_cache.changed,
+        outages=database.outages,
+        metrics=metrics.listener,
     )
-    consumers = Consumers(reactor, ConsumerStore(database), events, notifier)
+    consumers = Consumers(reactor, ConsumerStore(database), events, notifier, metrics.consumers)
     webhooks = WebhookService(
         reactor,
         WebhookStore(database),
@@ -98,8 +111,18 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         lease=settings.webhook_lease,
         concurrency=settings.webhook_concurrency,
         channel_concurrency=settings.webhook_subscription_concurrency,
+        metrics=metrics.webhooks,
     )
     streams = EventStreams(events, notifier, reactor, settings.heartbeat)
+    # The gauges, read when the process is scraped.
+    metrics.sources = Sources(
+        longpoll_waiters=notifier.waiting,
+        sse_streams=streams.open_streams,
+        consumer_next_waiting=consumers.waiting,
+        listener_connected=lambda: listener.connected,
+        pool_connections=database.connections,
+        stored=Stored(reactor.seconds, lambda: gauges.read(database), STORED_MAX_AGE_S),
+    )
     resource = make_root(
         database=database,
         events=events,
@@ -113,8 +136,15 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
         channels=ChannelStore(database),
         retention=settings.retention,
+        metrics=Exposition(metrics),
     )
-    pruner = Pruner(reactor, RetentionStore(database), settings.retention, settings.retention_interval)
+    pruner = Pruner(
+        reactor,
+        RetentionStore(database),
+        settings.retention,
+        settings.retention_interval,
+        pruned=metrics.pruned,
+    )
     # Prune steps beyond the events' own (see Pruner.steps): the window of
     # Idempotency-Key records.
     pruner.steps.append(conditional.prune_expired_keys)
@@ -123,6 +153,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         max_body=settings.max_body,
         access_log=settings.access_log,
         request_timeout=settings.request_timeout,
+        metrics=metrics.http,
         reactor=reactor,
     )
     return Parts(

@@ -15,10 +15,12 @@ from eventbus.http.channels import ChannelsResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
+from eventbus.http.metrics import MetricsResource
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
 from eventbus.http.tokens import TokensResource
+from eventbus.metrics.exposition import Exposition
 from eventbus.model import Retention
 from eventbus.notifier import Notifier
 from eventbus.storage.channels import ChannelStore
@@ -43,6 +45,7 @@ def make_root(
     gate: Gate | None = None,
     channels: ChannelStore | None = None,
     retention: Retention | None = None,
+    metrics: Exposition | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
@@ -55,4 +58,6 @@ def make_root(
         apps[b"tokens"] = TokensResource(tokens).router.resource()
     if channels is not None:
         apps[b"channels"] = ChannelsResource(channels, retention or Retention()).router.resource()
+    if metrics is not None:
+        apps[b"metrics"] = MetricsResource(metrics).router.resource()
     return Root(apps, gate)
