@@ -35,6 +35,7 @@ setup(
         "orjson>=3.9",
         "treq>=23.11",
         "click>=8.1",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [
