@@ -14,9 +14,10 @@ Where the tracebacks came from, and how they are avoided at the source:
   told, and txpostgres let that exception out of ``doRead`` into the
   reactor, which logged it as "Unhandled Error" with its traceback (one
   per connection: nine per outage with the default pool) before calling
-  ``connectionLost`` with it.  :class:`_Connection` returns it instead: the
-  reactor's documented ``doRead`` contract (a returned reason disconnects
-  the descriptor), the same ``connectionLost``, the same reconnection;
+  ``connectionLost`` with it.  :class:`_Connection` returns it as a
+  failure instead, as ``IReadDescriptor.doRead`` documents for an error
+  that ends the descriptor: the same ``connectionLost``, the same
+  reconnection, no log;
 * a transaction under way when the connection dies fails, and its
   ``ROLLBACK`` cannot be sent: txpostgres logged that with ``log.err``
   before failing with ``RollbackFailed``.  :class:`_Connection` fails the
@@ -135,11 +136,11 @@ class _Detector(reconnection.DeadConnectionDetector):
 class _Connection(txpostgres.Connection):
     """txpostgres' connection, whose loss is never logged as an error (see the module)."""
 
-    def doRead(self) -> BaseException | None:  # noqa: N802 (IReadDescriptor)
+    def doRead(self) -> Failure | None:  # noqa: N802 (IReadDescriptor)
         try:
             super().doRead()
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
-            return e  # the reactor disconnects us with it: connectionLost, the detector
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            return Failure()  # the reactor disconnects us with it: connectionLost, the detector
         return None
 
     def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
