@@ -141,6 +141,7 @@ class Api:
             channels=self.channels,  # type: ignore[arg-type]
             metrics=Exposition(Metrics()),
         )
+        self.root = root
         self.treq = StubTreq(root)
 
     def token(self, *scopes: str, issuers: Optional[tuple[str, ...]] = None) -> str:
