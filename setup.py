@@ -20,6 +20,8 @@ setup(
     package_data={
         "twisted": ["plugins/eventbus_plugin.py"],
         "eventbus.storage": ["schema/*.sql"],
+        # the web console (/ui/): served as they are, no build step
+        "eventbus.http": ["static/*"],
         "eventbus": ["py.typed"],
     },
     install_requires=[
@@ -36,12 +38,17 @@ setup(
         "treq>=23.11",
         "click>=8.1",
         "prometheus-client>=0.17",
+        # the client library (eventbus.client) and the command line
+        "httpx>=0.27",
+        "rich>=13.0",
     ],
     extras_require={
         "test": [
             "pytest>=7.4",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.2",
+            # the console's browser tests drive Debian's chromium (no browser download)
+            "playwright>=1.40",
         ],
         # Pinned: a new release may add findings or change the format, and
         # CI must fail for our changes, not for the tools'.

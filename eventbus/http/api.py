@@ -12,10 +12,13 @@ from __future__ import annotations
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
 from eventbus.http.channels import ChannelsResource
+from eventbus.http.console import PREFIX as CONSOLE_PREFIX
+from eventbus.http.console import ConsoleResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
 from eventbus.http.metrics import MetricsResource
+from eventbus.http.restore import Restorer
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
@@ -27,6 +30,7 @@ from eventbus.storage.channels import ChannelStore
 from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
+from eventbus.storage.restore import RestoreStore
 from eventbus.tokens import TokenService
 from eventbus.webhooks.service import WebhookService
 
@@ -46,6 +50,7 @@ def make_root(
     channels: ChannelStore | None = None,
     retention: Retention | None = None,
     metrics: Exposition | None = None,
+    restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
@@ -53,11 +58,13 @@ def make_root(
         b"events": EventsResource(events, conditional, notifier, streams, max_batch).router.resource(),
         b"consumers": ConsumersResource(consumers).router.resource(),
         b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
+        CONSOLE_PREFIX: ConsoleResource(),
     }
     if tokens is not None:
         apps[b"tokens"] = TokensResource(tokens).router.resource()
     if channels is not None:
-        apps[b"channels"] = ChannelsResource(channels, retention or Retention()).router.resource()
+        restorer = None if restore is None else Restorer(restore, notifier, max_batch)
+        apps[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router.resource()
     if metrics is not None:
         apps[b"metrics"] = MetricsResource(metrics).router.resource()
     return Root(apps, gate)

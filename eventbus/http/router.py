@@ -57,7 +57,7 @@ from eventbus.errors import (
     Unavailable,
     Unprocessable,
 )
-from eventbus.http import access, params, render
+from eventbus.http import access, console, params, render
 from eventbus.metrics.values import UNMATCHED
 from eventbus.model import check_name
 
@@ -159,13 +159,17 @@ def route_of(request: Request) -> str:
     served by, the one its path matches if it was answered before its
     handler ran (refused by the gate, a method not allowed, a preflight),
     else :data:`~eventbus.metrics.values.UNMATCHED`: the ``route`` label of
-    its metrics, never a raw path."""
+    its metrics, never a raw path.  The console's files are not a Klein
+    app: :func:`eventbus.http.console.route` names theirs."""
     route: str | None = getattr(request, _ROUTE, None)
     if route is not None:
         return route
     if not isinstance(getattr(request, "path", None), bytes):
         return UNMATCHED  # refused before its request line was read
     path = unquote_to_bytes(request.path).decode("utf-8", "replace")
+    static = console.route(path)
+    if static is not None:
+        return static
     method = request.method.decode("latin-1")
     for router in Router.every:
         adapter = router.url_map.bind("localhost")
@@ -255,7 +259,7 @@ class Root(Resource):
             return render.error(request, 400, "a name in the request path contains an encoded '/'")
         first = request.postpath[0] if request.postpath else b""
         gate = self.gate
-        if gate is not None and first != PUBLIC_SEGMENT:
+        if gate is not None and first not in PUBLIC_SEGMENTS:
             if gate.cors(request):
                 return render.no_content(request)  # a CORS preflight
             try:
@@ -292,5 +296,7 @@ class Root(Resource):
             request.finish()
 
 
-#: ``/health`` needs no token (and gets no CORS headers).
-PUBLIC_SEGMENT = b"health"
+#: What needs no token (and gets no CORS headers): ``/health``, and the
+#: console's static files under ``/ui`` (they hold no data; the console then
+#: calls the API like any client, with its user's token).
+PUBLIC_SEGMENTS = frozenset({b"health", b"ui"})

@@ -36,6 +36,13 @@ def test_a_request_is_labelled_with_the_pattern_of_the_route_its_path_matches(pa
     assert route_of(Request("BREW", path)) == pattern  # a 405 names its route too
 
 
+@pytest.mark.parametrize("path, pattern", [("/ui", "/ui"), ("/ui/", "/ui/"), ("/ui/console.css", "/ui/<file>"),
+                                           ("/ui/no-such-file.js", "/ui/<file>")])
+def test_the_consoles_files_are_labelled_with_the_consoles_patterns(path, pattern):
+    for method in ("GET", "HEAD", "POST"):
+        assert route_of(Request(method, path)) == pattern
+
+
 @pytest.mark.parametrize("path", ["/", "/nope", "/events", "/events/a/b/c/d", "/ui/x/y/z/w", "/metrics/x"])
 def test_paths_that_match_no_route_share_one_label(path):
     assert route_of(Request("GET", path)) == UNMATCHED
@@ -63,6 +70,8 @@ def test_served_and_refused_requests_count_under_their_routes_pattern():
         (f"BREW /events/mkp/INVOICE HTTP/1.1\r\nAuthorization: Bearer {token}\r\n", "405"),
         (f"GET /nowhere/at/all HTTP/1.1\r\nAuthorization: Bearer {token}\r\n", "404"),
         (f"GET /metrics HTTP/1.1\r\nAuthorization: Bearer {token}\r\n", "200"),
+        ("GET /ui/ HTTP/1.1\r\n", "200"),  # the console: public, not a Klein app
+        ("GET /ui/missing.js HTTP/1.1\r\n", "404"),
     ]
     for head, status in sent:
         channel, transport = connect(s)
@@ -75,6 +84,8 @@ def test_served_and_refused_requests_count_under_their_routes_pattern():
         ("/events/<context>/<channel>", "other", "405"): 1,  # methods are a bounded label too
         (UNMATCHED, "GET", "404"): 1,
         ("/metrics", "GET", "200"): 1,
+        ("/ui/", "GET", "200"): 1,
+        ("/ui/<file>", "GET", "404"): 1,
     }
     assert sum(h.buckets()[-1][1] for h in s.metrics.durations.values()) == len(sent)
 

@@ -211,3 +211,16 @@ def test_the_reactor_disconnects_a_descriptor_whose_read_returns_a_failure_witho
         reactor.waker.connectionLost(None)  # type: ignore[attr-defined]  # its pipe
     assert len(gone.lost) == 1 and gone.lost[0].check(ConnectionResetError)  # type: ignore[attr-defined]
     assert not logged
+
+
+def test_an_ssl_endpoint_string_still_keeps_its_tls_context_where_workers_look(tmp_path):
+    """eventbus.worker wraps an adopted socket in the TLS an ``ssl:`` string describes."""
+    from twisted.internet import reactor
+    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+
+    from eventbus.worker import tls_context_factory
+    from tests.integration.test_tls import self_signed
+
+    key, cert = self_signed(tmp_path)
+    context = tls_context_factory(reactor, f"ssl:0:privateKey={key}:certKey={cert}")
+    assert IOpenSSLServerConnectionCreator.providedBy(context)
