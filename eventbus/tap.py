@@ -16,10 +16,10 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.logger import Logger
 
-from eventbus.config import Options, Settings, open_warning
+from eventbus.config import Options, Settings, metrics_endpoint, open_warning
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
-from eventbus.http.api import make_root
+from eventbus.http.api import make_metrics_root, make_root
 from eventbus.http.site import EventBusSite
 from eventbus.http.streams import EventStreams
 from eventbus.metrics import Metrics, Sources, Stored
@@ -74,6 +74,8 @@ class Parts:
     tokens: TokenCache
     site: EventBusSite
     pruner: Pruner
+    #: What ``--metrics-listen`` serves (``/metrics`` alone), if asked for.
+    metrics_site: EventBusSite | None = None
 
 
 def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Parts:
@@ -132,6 +134,8 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
         pool_connections=database.connections,
         stored=Stored(reactor.seconds, lambda: gauges.read(database), STORED_MAX_AGE_S),
     )
+    gate = Gate(settings.auth, token_cache, holds, settings.cors_origin)
+    exposition = Exposition(metrics)
     resource = make_root(
         database=database,
         events=events,
@@ -142,11 +146,11 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
         webhooks=webhooks,
         max_batch=settings.max_batch,
         tokens=TokenService(token_store),
-        gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
+        gate=gate,
         channels=ChannelStore(database),
         retention=settings.retention,
         restore=RestoreStore(database),
-        metrics=Exposition(metrics),
+        metrics=exposition,
     )
     pruner = Pruner(
         reactor,
@@ -158,17 +162,30 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
     # Prune steps beyond the events' own (see Pruner.steps): the window of
     # Idempotency-Key records.
     pruner.steps.append(conditional.prune_expired_keys)
-    site = EventBusSite(
-        resource,
-        max_body=settings.max_body,
-        access_log=settings.access_log,
-        request_timeout=settings.request_timeout,
-        metrics=metrics.http,
-        worker=worker,
-        reactor=reactor,
-    )
+    sites = [
+        EventBusSite(
+            root,
+            max_body=settings.max_body,
+            access_log=settings.access_log,
+            request_timeout=settings.request_timeout,
+            metrics=metrics.http,
+            worker=worker,
+            reactor=reactor,
+        )
+        for root in (resource, make_metrics_root(exposition, gate))
+    ]
     return Parts(
-        database, events, notifier, listener, consumers, webhooks, streams, token_cache, site, pruner
+        database,
+        events,
+        notifier,
+        listener,
+        consumers,
+        webhooks,
+        streams,
+        token_cache,
+        sites[0],
+        pruner,
+        sites[1] if settings.metrics_listen else None,
     )
 
 
@@ -215,6 +232,10 @@ def build(
     else:
         for inherited in worker.ports:
             AdoptedPortService(reactor, inherited, parts.site).setServiceParent(root)
+    if parts.metrics_site is not None and settings.metrics_listen is not None:
+        # Bound by this process, even as a worker: each worker its own port.
+        endpoint = metrics_endpoint(settings.metrics_listen, None if worker is None else worker.number)
+        strports.service(endpoint, parts.metrics_site).setServiceParent(root)
     return root
 
 

@@ -68,3 +68,8 @@ def make_root(
     if metrics is not None:
         apps[b"metrics"] = MetricsResource(metrics).router.resource()
     return Root(apps, gate)
+
+
+def make_metrics_root(metrics: Exposition, gate: Gate | None) -> Root:
+    """The root of ``--metrics-listen``: ``/metrics`` alone, behind the same gate."""
+    return Root({b"metrics": MetricsResource(metrics).router.resource()}, gate)
