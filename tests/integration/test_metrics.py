@@ -351,3 +351,30 @@ async def test_context_labels_split_the_event_counts_by_context_only_when_asked(
             assert replays == {frozenset({("context", "beta")}): 1}
         else:
             assert published == {frozenset(): 5} and replays == {frozenset(): 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_disabled_subscription_is_counted_as_disabled_with_its_undelivered_events(server):
+    """A deliverer disables a subscription after ``--webhook-disable-after`` of
+    failures (days by default): here the test writes what it would write."""
+    c = Client(server)
+    before = await c.scrape()
+    closed = f"http://127.0.0.1:{free_port()}/nobody"
+    sub = (await c.call("POST", "/subscriptions", "/subscriptions", expect=201,
+                        body={"context": CTX, "channel": "disabled", "url": closed, "start": "earliest"})).json()
+    for n in range(3):
+        await c.publish("disabled", {"n": n})
+    conn = psycopg2.connect(server.args[server.args.index("--dsn") + 1])
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("UPDATE webhook_subscriptions SET disabled_at = now() WHERE id = %s", (sub["id"],))
+    conn.close()
+
+    async def disabled() -> Optional[Scrape]:
+        s = await c.scrape()  # the database's gauges are up to 5 s old
+        return s if s("eventbus_webhook_subscriptions", status="disabled") == before(
+            "eventbus_webhook_subscriptions", status="disabled") + 1 else None
+    after = await until_async(disabled, timeout=30, what="the subscription to be reported disabled")
+    assert after("eventbus_webhook_subscriptions", status="active") == before(
+        "eventbus_webhook_subscriptions", status="active")
+    assert after("eventbus_webhook_lag_events", subscription=str(sub["id"])) == 3
