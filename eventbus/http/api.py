@@ -17,11 +17,13 @@ from eventbus.http.console import ConsoleResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
+from eventbus.http.metrics import MetricsResource
 from eventbus.http.restore import Restorer
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
 from eventbus.http.tokens import TokensResource
+from eventbus.metrics.exposition import Exposition
 from eventbus.model import Retention
 from eventbus.notifier import Notifier
 from eventbus.storage.channels import ChannelStore
@@ -47,6 +49,7 @@ def make_root(
     gate: Gate | None = None,
     channels: ChannelStore | None = None,
     retention: Retention | None = None,
+    metrics: Exposition | None = None,
     restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
@@ -62,4 +65,11 @@ def make_root(
     if channels is not None:
         restorer = None if restore is None else Restorer(restore, notifier, max_batch)
         apps[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router.resource()
+    if metrics is not None:
+        apps[b"metrics"] = MetricsResource(metrics).router.resource()
     return Root(apps, gate)
+
+
+def make_metrics_root(metrics: Exposition, gate: Gate | None) -> Root:
+    """The root of ``--metrics-listen``: ``/metrics`` alone, behind the same gate."""
+    return Root({b"metrics": MetricsResource(metrics).router.resource()}, gate)

@@ -28,6 +28,7 @@ Layer rule: the HTTP layer; twisted.web plumbing only, no routes.
 from __future__ import annotations
 
 import sys
+import time
 from typing import IO, Any, cast
 
 from twisted.internet import task
@@ -39,13 +40,20 @@ from twisted.web import http, server
 from eventbus.auth import redact
 from eventbus.http.connections import ConnectionBudget, connection_limit
 from eventbus.http.render import error_body
+from eventbus.http.router import route_of
 from eventbus.http.wire import drop_unsent
+from eventbus.metrics import HttpMetrics
 
 #: How long we keep reading (and discarding) an oversized upload after the
 #: 413 so the client reads our answer instead of a connection reset.
 DISCARD_GRACE_S = 2.0
 #: The response header naming the worker process that answered (``--workers``).
 WORKER_HEADER = b"X-Worker"
+
+
+#: The status counted for a request whose client left before its answer
+#: began (nginx's "client closed request").
+CLIENT_LEFT = 499
 
 
 class LimitedRequest(server.Request):
@@ -60,6 +68,21 @@ class LimitedRequest(server.Request):
 
     _received = 0
     _refused = False
+    #: A status written straight to the transport (413, 408, 400), if any.
+    raw_status: int | None = None
+    _counted = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: When its first line arrived: what its duration is counted from.
+        self.began = time.monotonic()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # A request not finished: its client left (an SSE stream, a long poll), or
+        # it was refused on the wire; counted here, the finished ones by the site.
+        if not self.finished:
+            self._site.count(self)
+        super().connectionLost(reason)
 
     @property
     def _site(self) -> EventBusSite:
@@ -95,6 +118,7 @@ class LimitedRequest(server.Request):
 
     def _refuse(self) -> None:
         self._refused = True
+        self.raw_status = 413
         # No "100 Continue" after our final answer.
         self.requestHeaders.removeHeader(b"Expect")
         transport: Any = cast(Any, self.channel).transport
@@ -193,6 +217,7 @@ class JsonErrorChannel(http.HTTPChannel):
         self._deadline = None
         if self.requests and getattr(self.requests[-1], "_refused", False):
             return  # answered 413 already; that refusal closes the connection
+        self._raw_status(408)
         transport: Any = self.transport
         if transport is None:
             return
@@ -205,7 +230,13 @@ class JsonErrorChannel(http.HTTPChannel):
         self.loseConnection()
         self.site.reactor.callLater(DISCARD_GRACE_S, _abort, transport)
 
+    def _raw_status(self, status: int) -> None:
+        """The request being read is answered on the wire (its metrics say so)."""
+        if self.requests and isinstance(self.requests[-1], LimitedRequest):
+            self.requests[-1].raw_status = status
+
     def _respondToBadRequestAndDisconnect(self) -> None:
+        self._raw_status(400)
         assert self.transport is not None
         self.transport.write(
             _raw_error(
@@ -286,6 +317,7 @@ class EventBusSite(server.Site):
         access_log: str,
         request_timeout: float,
         max_connections: int | None = None,
+        metrics: HttpMetrics | None = None,
         worker: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -299,6 +331,8 @@ class EventBusSite(server.Site):
         self.max_body = max_body
         self.access_log = access_log
         self.request_timeout = request_timeout
+        #: Requests answered, by route pattern, method and status.
+        self.metrics = metrics if metrics is not None else HttpMetrics()
         self.worker_header = None if worker is None else str(worker).encode("ascii")
         self.connections = ConnectionBudget(
             connection_limit() if max_connections is None else max_connections
@@ -315,6 +349,29 @@ class EventBusSite(server.Site):
                 open(self.access_log, "a", encoding="utf-8", newline="\n"),  # noqa: SIM115 (BatchedLogFile closes it)
                 self.reactor,
             )
+
+    def log(self, request: Any) -> None:
+        """Called by twisted.web once per finished request."""
+        super().log(request)
+        if isinstance(request, LimitedRequest):
+            self.count(request)
+
+    def count(self, request: LimitedRequest) -> None:
+        """Count a request once: finished, or lost (its client left, or it was
+        refused on the wire before it arrived)."""
+        if request._counted:
+            return
+        request._counted = True
+        if request.finished or request.startedWriting:
+            code = request.code
+        elif request.raw_status is not None:
+            code = request.raw_status
+        elif isinstance(getattr(request, "path", None), bytes):
+            code = CLIENT_LEFT
+        else:
+            return  # its client left before it even arrived: no request
+        method = request.method.decode("latin-1") if isinstance(request.method, bytes) else "other"
+        self.metrics.answered(route_of(request), method, code, time.monotonic() - request.began)
 
     def stopFactory(self) -> None:
         if isinstance(self._logFile, BatchedLogFile):
