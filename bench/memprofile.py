@@ -96,6 +96,13 @@ def report(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, waiters: i
         print(f"{stat.size_diff / waiters:8,.0f} B {stat.count_diff / waiters:6.2f}  "
               f"{_short(frame.filename)}:{frame.lineno}")
 
+    print("\n-- by part (the allocating frame, or for a Deferred's the frame that made it)")
+    old_parts, new_parts = _by_part(before), _by_part(after)
+    for part, (size, count) in sorted(((p, (new_parts.get(p, (0, 0))[0] - old_parts.get(p, (0, 0))[0],
+                                             new_parts.get(p, (0, 0))[1] - old_parts.get(p, (0, 0))[1]))
+                                       for p in set(old_parts) | set(new_parts)), key=lambda kv: -kv[1][0]):
+        print(f"{size / waiters:8,.0f} B {count / waiters:6.2f}  {part}")
+
     print(f"\n-- by the innermost frame of eventbus/ on the stack (top {top})")
     grouped: dict[str, list[int]] = {}
     old = _by_owner(before)
@@ -115,11 +122,48 @@ def report(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, waiters: i
         print()
 
 
+#: (path fragment, part), first match wins; frames of Deferred machinery are
+#: skipped so that a Deferred counts where it was made.
+PARTS = [
+    ("eventbus/notifier.py", "notifier: subscription, channel entry, long poll"),
+    ("twisted/internet/base.py", "timers (callLater)"),
+    ("klein/", "Klein: per-request dispatch and its Deferred chain"),
+    ("werkzeug/", "werkzeug: URL matching"),
+    ("eventbus/http/router.py", "our router: checks and dispatch"),
+    ("eventbus/http/access.py", "held(): hold and its coroutine"),
+    ("eventbus/http/events.py", "handler coroutines (read, _peek, _first_after)"),
+    ("eventbus/storage/", "storage calls (finished, their Deferreds)"),
+    ("twisted/web/http_headers.py", "twisted.web request: headers"),
+    ("twisted/web/", "twisted.web request and channel"),
+    ("eventbus/http/site.py", "twisted.web request and channel"),
+    ("twisted/internet/tcp.py", "connection: socket and transport"),
+    ("twisted/internet/protocol.py", "connection: socket and transport"),
+    ("/socket.py", "connection: socket and transport"),
+    ("twisted/python/components.py", "twisted.web request: adapters cache"),
+]
+SKIP = ("twisted/internet/defer.py", "twisted/python/failure.py")
+
+
+def _by_part(snap: tracemalloc.Snapshot) -> dict[str, tuple[int, int]]:
+    out: dict[str, list[int]] = {}
+    for trace in snap.traces:
+        part = "other"
+        for frame in reversed(trace.traceback):  # most recent first
+            if any(s in frame.filename for s in SKIP):
+                continue
+            part = next((name for frag, name in PARTS if frag in frame.filename), f"other: {_short(frame.filename)}")
+            break
+        entry = out.setdefault(part, [0, 0])
+        entry[0] += trace.size
+        entry[1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 def _by_owner(snap: tracemalloc.Snapshot) -> dict[str, tuple[int, int]]:
     out: dict[str, list[int]] = {}
     for trace in snap.traces:
         owner = "(no eventbus frame)"
-        for frame in trace.traceback:  # most recent first (tracemalloc's order)
+        for frame in reversed(trace.traceback):  # most recent first
             if ours(frame.filename):
                 owner = f"{_short(frame.filename)}:{frame.lineno}"
                 break
