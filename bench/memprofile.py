@@ -131,7 +131,7 @@ PARTS = [
     ("werkzeug/", "werkzeug: URL matching"),
     ("eventbus/http/router.py", "our router: checks and dispatch"),
     ("eventbus/http/access.py", "held(): hold and its coroutine"),
-    ("eventbus/http/events.py", "handler coroutines (read, _peek, _first_after)"),
+    ("eventbus/http/events.py", "handler coroutines (read, _peek)"),
     ("eventbus/storage/", "storage calls (finished, their Deferreds)"),
     ("twisted/web/http_headers.py", "twisted.web request: headers"),
     ("twisted/web/", "twisted.web request and channel"),
