@@ -76,6 +76,8 @@ class Settings:
     retention_interval: float = 10.0
     #: Seconds an ``Idempotency-Key`` is remembered per channel.
     idempotency_window: float = 86400.0
+    #: Longest ``timeout`` of a long poll (``peek``, a consumer's ``next``), seconds.
+    max_wait: float = 300.0
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -105,6 +107,8 @@ MIN_RETENTION_INTERVAL_S = 0.1
 MAX_RETENTION_INTERVAL_S = 15.0
 #: Longest --idempotency-window accepted: ten years.
 MAX_IDEMPOTENCY_WINDOW_S = 315_360_000
+#: Longest --max-wait accepted: a day.
+MAX_MAX_WAIT_S = 86_400
 
 
 class Options(usage.Options):
@@ -159,6 +163,9 @@ class Options(usage.Options):
         ["idempotency-window", None, DEFAULTS.idempotency_window,
          "Seconds an Idempotency-Key is remembered in its channel: a publish repeating"
          " it within this time gets the first publish's answer.", float],
+        ["max-wait", None, DEFAULTS.max_wait,
+         "Longest timeout, in seconds, a long poll (peek, a consumer's next) may ask"
+         " for; a larger one is a 400.", float],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
@@ -229,6 +236,8 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--idempotency-window must be from 1 to {MAX_IDEMPOTENCY_WINDOW_S} seconds"
             )
+        if not 0 <= self["max-wait"] <= MAX_MAX_WAIT_S:
+            raise usage.UsageError(f"--max-wait must be from 0 to {MAX_MAX_WAIT_S} seconds")
 
     def settings(self) -> Settings:
         return Settings.from_options(self)

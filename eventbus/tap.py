@@ -109,6 +109,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         consumers=consumers,
         webhooks=webhooks,
         max_batch=settings.max_batch,
+        max_wait=settings.max_wait,
         tokens=TokenService(token_store),
         gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
         channels=ChannelStore(database),

@@ -39,6 +39,7 @@ def make_root(
     consumers: Consumers,
     webhooks: WebhookService | None,
     max_batch: int,
+    max_wait: float,
     tokens: TokenService | None = None,
     gate: Gate | None = None,
     channels: ChannelStore | None = None,
@@ -47,8 +48,8 @@ def make_root(
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     apps = {
         b"health": HealthResource(database).router.resource(),
-        b"events": EventsResource(events, conditional, notifier, streams, max_batch).router.resource(),
-        b"consumers": ConsumersResource(consumers).router.resource(),
+        b"events": EventsResource(events, conditional, notifier, streams, max_batch, max_wait).router.resource(),
+        b"consumers": ConsumersResource(consumers, max_wait).router.resource(),
         b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
     }
     if tokens is not None:

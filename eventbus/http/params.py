@@ -30,9 +30,8 @@ from eventbus.errors import InvalidInput
 from eventbus.http import jsontext
 from eventbus.model import MAX_ID, PublishCondition, check_issuer
 
+#: A long poll's ``timeout`` when none is given (or the server's cap, if lower).
 DEFAULT_TIMEOUT_S = 25.0
-#: Longest long-poll ``timeout`` (peek, consumer ``next``).
-MAX_TIMEOUT_S = 300.0
 #: Latest instant a ``start`` may name: the end of year 9999.
 MAX_START_S = 253402300799
 #: Header names a publisher may give its name in (the second is an alias).
@@ -131,13 +130,12 @@ def path_id(value: str) -> int | None:
     return int(value)
 
 
-def timeout_param(value: str | None) -> float:
+def timeout_param(value: str | None, max_wait: float) -> float:
+    """A long poll's ``timeout``: 0 to ``max_wait`` (``--max-wait``) seconds."""
     if value is None:
-        return DEFAULT_TIMEOUT_S
-    if not _UDECIMAL.match(value) or float(value) > MAX_TIMEOUT_S:
-        raise InvalidInput(
-            f"timeout must be a number of seconds from 0 to {MAX_TIMEOUT_S:g}, got {value[:40]!r}"
-        )
+        return min(DEFAULT_TIMEOUT_S, max_wait)
+    if not _UDECIMAL.match(value) or float(value) > max_wait:
+        raise InvalidInput(f"timeout must be a number of seconds from 0 to {max_wait:g}, got {value[:40]!r}")
     return float(value)
 
 
