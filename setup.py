@@ -21,6 +21,8 @@ setup(
         "twisted": ["plugins/eventbus_plugin.py"],
         "eventbus.storage": ["schema/*.sql"],
         "eventbus": ["py.typed"],
+        # The page of GET /docs: served from the package, nothing from elsewhere.
+        "eventbus.http.openapi": ["docs.html"],
     },
     install_requires=[
         # [tls]: pyOpenSSL and service_identity, for --listen ssl:...
@@ -41,6 +43,10 @@ setup(
             "pytest>=7.4",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.2",
+            # The OpenAPI document: validated (tests/unit/test_openapi.py) and
+            # fuzzed against a live server (tests/integration/test_contract.py).
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=4.32,<5",
         ],
         # Pinned: a new release may add findings or change the format, and
         # CI must fail for our changes, not for the tools'.

@@ -9,10 +9,14 @@ given and builds none of them (``eventbus.tap`` wires the objects).
 
 from __future__ import annotations
 
+from klein import Klein
+
+from eventbus.auth import OFF
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
 from eventbus.http.channels import ChannelsResource
 from eventbus.http.consumers import ConsumersResource
+from eventbus.http.docs import DocsResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
 from eventbus.http.router import Root
@@ -46,14 +50,17 @@ def make_root(
     retention: Retention | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
-    apps = {
-        b"health": HealthResource(database).router.resource(),
-        b"events": EventsResource(events, conditional, notifier, streams, max_batch, max_wait).router.resource(),
-        b"consumers": ConsumersResource(consumers, max_wait).router.resource(),
-        b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
+    docs = DocsResource(max_wait=max_wait, max_batch=max_batch, auth_mode=gate.mode if gate else OFF)
+    routers: dict[bytes, Klein] = {
+        b"health": HealthResource(database).router,
+        b"events": EventsResource(events, conditional, notifier, streams, max_batch, max_wait).router,
+        b"consumers": ConsumersResource(consumers, max_wait).router,
+        b"subscriptions": SubscriptionsResource(webhooks).router,
+        b"openapi.json": docs.router,
+        b"docs": docs.router,
     }
     if tokens is not None:
-        apps[b"tokens"] = TokensResource(tokens).router.resource()
+        routers[b"tokens"] = TokensResource(tokens).router
     if channels is not None:
-        apps[b"channels"] = ChannelsResource(channels, retention or Retention()).router.resource()
-    return Root(apps, gate)
+        routers[b"channels"] = ChannelsResource(channels, retention or Retention()).router
+    return Root({segment: router.resource() for segment, router in routers.items()}, gate, routers)

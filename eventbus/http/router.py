@@ -202,10 +202,18 @@ class Root(Resource):
 
     isLeaf = True
 
-    def __init__(self, apps: Mapping[bytes, Resource], gate: access.Gate | None = None) -> None:
+    def __init__(
+        self,
+        apps: Mapping[bytes, Resource],
+        gate: access.Gate | None = None,
+        routers: Mapping[bytes, Klein] | None = None,
+    ) -> None:
+        """``routers``: the Klein app of each mount that is part of the API
+        (what ``/openapi.json`` describes; other mounts serve files)."""
         super().__init__()
         self.apps = dict(apps)
         self.gate = gate
+        self.routers = dict(routers or {})
 
     def render(self, request: Request) -> Any:
         # Klein's answer to these is plain text; ours is JSON.  An encoded
@@ -219,7 +227,7 @@ class Root(Resource):
             return render.error(request, 400, "a name in the request path contains an encoded '/'")
         first = request.postpath[0] if request.postpath else b""
         gate = self.gate
-        if gate is not None and first != PUBLIC_SEGMENT:
+        if gate is not None and first not in PUBLIC_SEGMENTS:
             if gate.cors(request):
                 return render.no_content(request)  # a CORS preflight
             try:
@@ -256,5 +264,5 @@ class Root(Resource):
             request.finish()
 
 
-#: ``/health`` needs no token (and gets no CORS headers).
-PUBLIC_SEGMENT = b"health"
+#: ``/health`` and the API's description need no token (and get no CORS headers).
+PUBLIC_SEGMENTS = frozenset({b"health", b"openapi.json", b"docs"})
