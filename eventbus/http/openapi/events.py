@@ -24,13 +24,14 @@ from eventbus.http.openapi.components import (
     responses,
     schema,
 )
-from eventbus.http.params import DEFAULT_TIMEOUT_S, IDEMPOTENCY_KEY_MAX
+from eventbus.http.params import DEFAULT_TIMEOUT_S, IDEMPOTENCY_KEY_MAX, MAX_START_S
 
-#: ``start``: unix seconds, or an ISO-8601 instant (UTC without an offset) from 1970 to 9999.
+#: ``start``: unix seconds, or an ISO-8601 instant (UTC without an offset);
+#: an instant before 1970 selects everything.
 START: Schema = {
-    "description": "unix seconds (integer or fractional), or an ISO-8601 instant (without an offset: UTC)",
+    "description": "unix seconds (a number), or an ISO-8601 instant (without an offset: UTC)",
     "anyOf": [
-        {"type": "string", "pattern": r"^[0-9]{1,11}(\.[0-9]{1,9})?$"},
+        {"type": "number", "minimum": 0, "maximum": MAX_START_S},
         {"type": "string", "format": "date-time"},
     ],
 }
@@ -228,8 +229,10 @@ def channels_paths() -> dict[str, Any]:
                 "description": "CONTEXT/CHANNEL: the last one seen (from the Link header).",
                 "schema": {
                     "type": "string",
-                    "pattern": r"^[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*/[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$",
-                    "maxLength": 257,
+                    "allOf": [
+                        {"pattern": r"^[A-Za-z0-9_.:-]{1,128}/[A-Za-z0-9_.:-]{1,128}$"},
+                        {"pattern": r"^[^/]*[^./][^/]*/[^/]*[^./][^/]*$"},
+                    ],
                 },
             },
         ],

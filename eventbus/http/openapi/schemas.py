@@ -81,7 +81,15 @@ _TOKEN = {
     "expires": NULLABLE_TIMESTAMP,
     "last_used": NULLABLE_TIMESTAMP,
 }
-_WHSEC = r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$"
+#: A webhook URL the delivery client can send to (described, not complete:
+#: hosts of at most three labels, so the name stays within DNS's 253).
+_LABEL = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_PCHAR = "([A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
+URL_REGEX = rf"^https?://{_LABEL}(\.{_LABEL}){{0,2}}(:{_PORT})?(/{_PCHAR}*)*(\?({_PCHAR}|[/?])*)?$"
+#: ``whsec_`` + base64 (padded) of 24 to 64 bytes: 8 to 21 groups of 4, and a padded tail.
+_B64 = "[A-Za-z0-9+/]"
+_WHSEC = rf"^whsec_(({_B64}{{4}}){{8,20}}({_B64}{{2}}==|{_B64}{{3}}=)?|({_B64}{{4}}){{21}}({_B64}{{2}}==)?)$"
 _START = {"enum": ["earliest", "latest"]}
 
 SCHEMAS: dict[str, Schema] = {
@@ -225,18 +233,21 @@ SCHEMAS: dict[str, Schema] = {
             "url": {
                 "type": "string",
                 "maxLength": MAX_URL_LEN,
-                "format": "uri",
-                "description": "http or https, ASCII, no credentials, port 1 to 65535, not an IPv6 literal;"
-                " unless the server runs with --webhook-allow-private, its host must be public",
+                "pattern": URL_REGEX,
+                "description": "an http or https URL: ASCII (punycode, percent-encoding), no credentials,"
+                " a port from 1 to 65535, a host name or IPv4 address; unless the server runs with"
+                " --webhook-allow-private, the host must be (and resolve to) public addresses",
             },
             "secret": {
-                "type": "string",
+                "type": ["string", "null"],
                 "pattern": _WHSEC,
-                "description": "whsec_ + base64 of 24 to 64 bytes",
+                "description": "whsec_ + base64 of 24 to 64 bytes; left out or null: generated",
             },
             "start": {"anyOf": [_START, {"type": "integer", "minimum": 1, "maximum": MAX_ID + 1}]},
         },
         ("context", "channel", "url", "start"),
+        # An event id as start needs one channel.
+        **{"if": {"properties": {"channel": {"const": "*"}}}, "then": {"properties": {"start": _START}}},
     ),
     "SubscriptionChannel": _CHANNEL_STATE,
     "Subscription": obj(_SUBSCRIPTION, tuple(_SUBSCRIPTION)),
