@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from twisted.python import usage
 
+from eventbus import logs
 from eventbus.auth import LOCAL, MODES, OFF, is_loopback
 from eventbus.errors import InvalidInput
 from eventbus.http.site import ACCESS_LOG_TWISTD
@@ -78,6 +79,8 @@ class Settings:
     idempotency_window: float = 86400.0
     #: Longest ``timeout`` of a long poll (``peek``, a consumer's ``next``), seconds.
     max_wait: float = 300.0
+    #: How log lines are written: "text" (twistd's), or "json" (one object a line).
+    log_format: str = logs.TEXT
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -163,6 +166,9 @@ class Options(usage.Options):
         ["idempotency-window", None, DEFAULTS.idempotency_window,
          "Seconds an Idempotency-Key is remembered in its channel: a publish repeating"
          " it within this time gets the first publish's answer.", float],
+        ["log-format", None, DEFAULTS.log_format,
+         "How log lines are written: 'text' (twistd's format) or 'json' (one JSON object"
+         " a line: timestamp, level, logger, message and the event's fields)."],
         ["max-wait", None, DEFAULTS.max_wait,
          "Longest timeout, in seconds, a long poll (peek, a consumer's next) may ask"
          " for; a larger one is a 400.", float],
@@ -238,6 +244,21 @@ class Options(usage.Options):
             )
         if not 0 <= self["max-wait"] <= MAX_MAX_WAIT_S:
             raise usage.UsageError(f"--max-wait must be from 0 to {MAX_MAX_WAIT_S} seconds")
+        if self["log-format"] not in logs.FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(logs.FORMATS)}")
+        if self["log-format"] == logs.JSON:
+            self._log_as_json()
+
+    def _log_as_json(self) -> None:
+        """Have twistd (our parent command's options, when run by it) log
+        through the JSON observer, wherever its --logfile says."""
+        twistd = self.parent
+        if twistd is None:
+            return  # parsed by itself (tests): nobody to tell
+        if twistd.get("logger"):
+            raise usage.UsageError("--log-format json and twistd's --logger both choose the log observer")
+        logs.destination = twistd.get("logfile")
+        twistd["logger"] = logs.FACTORY
 
     def settings(self) -> Settings:
         return Settings.from_options(self)

@@ -124,6 +124,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         max_body=settings.max_body,
         access_log=settings.access_log,
         request_timeout=settings.request_timeout,
+        log_format=settings.log_format,
         reactor=reactor,
     )
     return Parts(

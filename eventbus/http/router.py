@@ -27,6 +27,7 @@ their public functions), model and errors.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes
@@ -57,7 +58,7 @@ from eventbus.errors import (
     Unavailable,
     Unprocessable,
 )
-from eventbus.http import access, params, render
+from eventbus.http import access, params, render, requestid
 from eventbus.model import check_name
 
 log = Logger()
@@ -95,6 +96,11 @@ NAME_VARIABLES = {
     "name": "consumer name",
     "token_name": "token name",
 }
+
+
+def route_pattern(url: str) -> str:
+    """A Klein route as OpenAPI writes its path: ``/events/{context}/{channel}``."""
+    return re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", url)
 
 
 def status_of(error: EventBusError) -> int:
@@ -141,7 +147,13 @@ def _routing_error(request: Request, error: HTTPException) -> bytes:
 
 
 def unexpected(self: Any, request: IRequest, failure: Failure) -> bytes:
-    log.failure("unhandled error serving {uri}", failure, uri=redact(request.uri.decode("latin-1")))
+    log.failure(
+        "unhandled error serving {uri}",
+        failure,
+        uri=redact(request.uri.decode("latin-1")),
+        request_id=requestid.of(request),
+        route=requestid.route_of(request),
+    )
     return render.error(cast(Request, request), 500, "internal error")
 
 
@@ -177,11 +189,13 @@ class Router(Klein):
             raise TypeError(f"route {url} must declare need= (PUBLIC or the actions it needs)")
         register = super().route(url, *args, branch=branch, **kwargs)
         names = {var: kind for var, kind in NAME_VARIABLES.items() if f"<{var}>" in url}
+        pattern = route_pattern(url)
         scoped = bool(need) and "<context>" in url and "<channel>" in url
 
         def deco(f: F) -> F:
             @functools.wraps(f)
             def checked(instance: Any, request: Request, *a: Any, **kw: Any) -> Any:
+                requestid.set_route(request, pattern)
                 for var, kind in names.items():
                     check_name(kind, kw[var])
                 if scoped:
@@ -251,7 +265,12 @@ class Root(Resource):
     def _refused(self, request: Request, failure: Failure) -> bytes:
         if isinstance(failure.value, EventBusError):
             return error_response(request, failure.value)
-        log.failure("admitting a request to {uri} failed", failure, uri=redact(request.uri.decode("latin-1")))
+        log.failure(
+            "admitting a request to {uri} failed",
+            failure,
+            uri=redact(request.uri.decode("latin-1")),
+            request_id=requestid.of(request),
+        )
         return render.error(request, 500, "internal error")
 
     def _finish(self, request: Request, result: Any) -> None:

@@ -10,6 +10,12 @@ Requests twisted.web itself refuses as malformed (request line, header or
 body framing) get a JSON 400 from :class:`JsonErrorChannel`, so every error
 the server sends is JSON.
 
+Every response carries ``X-Request-Id`` (:mod:`eventbus.http.requestid`),
+the refusals written straight to the transport included, and the access
+log line of a request carries it too: in ``--log-format text`` at the end
+of Twisted's combined format, in ``json`` as a field beside the route
+pattern, the status and the duration.
+
 Access log lines never carry a token: :func:`access_log_line` replaces
 every ``access_token=`` value and anything shaped like a token (in the
 request line or the ``Referer``) before a line is written anywhere.
@@ -28,15 +34,19 @@ Layer rule: the HTTP layer; twisted.web plumbing only, no routes.
 from __future__ import annotations
 
 import sys
+import time
 from typing import IO, Any, cast
 
 from twisted.internet import task
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from eventbus import logs
 from eventbus.auth import redact
+from eventbus.http import requestid
 from eventbus.http.connections import ConnectionBudget, connection_limit
 from eventbus.http.render import error_body
 from eventbus.http.wire import drop_unsent
@@ -49,6 +59,13 @@ DISCARD_GRACE_S = 2.0
 class LimitedRequest(server.Request):
     _received = 0
     _refused = False
+    #: ``time.monotonic()`` when the request had arrived whole.
+    started: float | None = None
+
+    def process(self) -> None:
+        self.started = time.monotonic()
+        requestid.of(self)
+        super().process()
 
     @property
     def _site(self) -> EventBusSite:
@@ -85,7 +102,11 @@ class LimitedRequest(server.Request):
         self.requestHeaders.removeHeader(b"Expect")
         transport: Any = cast(Any, self.channel).transport
         transport.write(
-            _raw_error(b"413 Payload Too Large", f"request body exceeds the limit of {self._max_body} bytes")
+            _raw_error(
+                b"413 Payload Too Large",
+                f"request body exceeds the limit of {self._max_body} bytes",
+                requestid.of(self),
+            )
         )
         try:
             transport.loseWriteConnection()
@@ -100,12 +121,14 @@ def _abort(transport: Any) -> None:
         transport.abortConnection()
 
 
-def _raw_error(status: bytes, message: str) -> bytes:
-    """A whole JSON error response, for writing straight to a transport."""
+def _raw_error(status: bytes, message: str, request_id: str | None = None) -> bytes:
+    """A whole JSON error response, for writing straight to a transport
+    (``request_id``: of the request it refuses; else a new one)."""
     body = error_body(message)
     return (
         b"HTTP/1.1 " + status + b"\r\n"
         b"Content-Type: application/json\r\n"
+        b"X-Request-Id: " + (request_id or requestid.new()).encode("ascii") + b"\r\n"
         b"Connection: close\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
@@ -251,11 +274,33 @@ class BatchedLogFile:
 
 
 def access_log_line(timestamp: str, request: Any) -> str:
-    """Twisted's combined log format, with tokens redacted."""
+    """Twisted's combined log format, with tokens redacted, then the request's id in quotes."""
     line: str = http.combinedLogFormatter(timestamp, request)
     if "ebt_" in line or "access_token" in line.lower():
         line = redact(line)
-    return line
+    return f'{line} "{requestid.of(request)}"'
+
+
+access_log = Logger(namespace="eventbus.access")
+
+
+def access_fields(request: Any) -> dict[str, Any]:
+    """What the JSON access log says about a request (tokens redacted)."""
+    started = getattr(request, "started", None)
+    referer = request.getHeader(b"referer")
+    agent = request.getHeader(b"user-agent")
+    return {
+        "request_id": requestid.of(request),
+        "method": request.method.decode("latin-1"),
+        "path": redact(request.uri.decode("latin-1")),
+        "route": requestid.route_of(request),
+        "status": request.code,
+        "duration": None if started is None else round(time.monotonic() - started, 6),
+        "bytes": request.sentLength,
+        "peer": getattr(request.getClientAddress(), "host", None),
+        "user_agent": None if agent is None else agent.decode("latin-1"),
+        "referer": None if referer is None else redact(referer.decode("latin-1")),
+    }
 
 
 class EventBusSite(server.Site):
@@ -272,6 +317,7 @@ class EventBusSite(server.Site):
         access_log: str,
         request_timeout: float,
         max_connections: int | None = None,
+        log_format: str = logs.TEXT,
         **kwargs: Any,
     ) -> None:
         """``max_connections``: client connections held at most (None: from
@@ -281,6 +327,7 @@ class EventBusSite(server.Site):
         super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=access_log_line, **kwargs)
         self.max_body = max_body
         self.access_log = access_log
+        self.log_format = log_format
         self.request_timeout = request_timeout
         self.connections = ConnectionBudget(
             connection_limit() if max_connections is None else max_connections
@@ -297,6 +344,21 @@ class EventBusSite(server.Site):
                 open(self.access_log, "a", encoding="utf-8", newline="\n"),  # noqa: SIM115 (BatchedLogFile closes it)
                 self.reactor,
             )
+
+    def log(self, request: Any) -> None:
+        """The access log line of a finished request (``--log-format json``: an object)."""
+        if self.log_format != logs.JSON:
+            super().log(request)
+            return
+        if self._logFile is None:  # --access-log off
+            return
+        fields = access_fields(request)
+        if self.access_log == ACCESS_LOG_TWISTD:
+            access_log.info("{method} {path} {status}", **fields)
+            return
+        message = f"{fields['method']} {fields['path']} {fields['status']}"
+        own = {"timestamp": logs.timestamp(time.time()), "level": "info", "logger": access_log.namespace}
+        self._logFile.write(logs.line({**own, "message": message, **fields}).decode("utf-8"))
 
     def stopFactory(self) -> None:
         if isinstance(self._logFile, BatchedLogFile):

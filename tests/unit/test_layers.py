@@ -31,6 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "eventbus.errors": (),
     "eventbus.model": ("eventbus.errors",),
     "eventbus.retry": ("eventbus.errors",),
+    "eventbus.logs": (),
     "eventbus.storage": ("eventbus.storage", *BOTTOM),
     # the domain modules
     "eventbus.tail": ("eventbus.storage", *BOTTOM),
@@ -51,6 +52,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "eventbus.auth",
         "eventbus.tokens",
         "eventbus.storage",
+        "eventbus.logs",
         *BOTTOM,
     ),
     "eventbus.__main__": ("eventbus.service", "eventbus.cli"),

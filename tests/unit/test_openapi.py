@@ -21,6 +21,7 @@ from eventbus.http import openapi
 from eventbus.http.access import Gate
 from eventbus.http.api import make_root
 from eventbus.http.docs import content_security_policy, page
+from eventbus.http.router import route_pattern
 from eventbus.http.streams import EventStreams
 from eventbus.tokens import Holds
 from tests.unit.test_routing import RecordingNotifier, RecordingStore, _result
@@ -56,7 +57,7 @@ def routes(api: Any) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for router in {id(r): r for r in api.routers.values()}.values():
         for rule in router.url_map.iter_rules():
-            path = re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule.rule)
+            path = route_pattern(rule.rule)
             found.setdefault(path, set()).update(m.lower() for m in rule.methods - IMPLICIT)
     return found
 
