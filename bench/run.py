@@ -102,11 +102,11 @@ def log(message: str) -> None:
 
 def _scenarios() -> dict[str, Callable[[Context], Result]]:
     from bench.scenarios import (batch, large_store, memory, publish, publish_auth, publish_keyed, retention, sse,
-                                 wake, waiters, webhooks)
+                                 wake, waiters, webhooks, workers)
 
     return {module.NAME: module.run
             for module in (publish, publish_auth, publish_keyed, batch, wake, waiters, large_store, sse,
-                           memory, webhooks, retention)}
+                           memory, webhooks, retention, workers)}
 
 
 def missing_tools() -> list[str]:

@@ -1,5 +1,11 @@
-"""``python -m eventbus [options]``: the same as ``twistd -n eventbus [options]``;
-``python -m eventbus token ...``: the subcommands of :mod:`eventbus.cli`.
+"""``eventbus`` and ``python -m eventbus``: the server, or a command.
+
+* no arguments, ``serve [options]``, or server options alone (a first
+  argument starting with ``-``, e.g. ``eventbus --dsn ...``): the server, the
+  same as ``twistd -n eventbus [options]`` (the documented way to run it
+  without twistd; the server's start imports no click);
+* ``-h``/``--help``, a command (:data:`eventbus.cli.COMMANDS`) or any other
+  word: :mod:`eventbus.cli` (an unknown word is a usage error, exit 2).
 
 Layer rule: the entry point; imports only :mod:`eventbus.service` and
 :mod:`eventbus.cli` (and twistd).
@@ -10,17 +16,22 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-#: First arguments that name a subcommand rather than a server option
-#: (:data:`eventbus.cli.COMMANDS`; repeated so the server's start imports no click).
-SUBCOMMANDS = ("token",)
+#: First arguments that ask for the command line's help rather than the server's.
+HELP = ("-h", "--help")
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in SUBCOMMANDS:
+    if argv and argv[0] == "serve":
+        return serve(argv[1:])
+    if argv and (argv[0] in HELP or not argv[0].startswith("-")):
         from eventbus import cli
 
         cli.run(argv)
-        return 0
+    return serve(argv)
+
+
+def serve(argv: list[str]) -> int:
+    """Run the server with twistd's options for the ``eventbus`` plugin; its exit status."""
     from twisted.application import app
     from twisted.scripts import twistd
 

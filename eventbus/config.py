@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -35,6 +36,11 @@ class Settings:
     listen: tuple[str, ...] = ("tcp:33002",)
     #: An external PostgreSQL; None: the embedded one in ``data_dir``.
     dsn: str | None = None
+    #: The LISTEN connection's PostgreSQL (a direct connection to the primary
+    #: when ``dsn`` goes through a transaction pooler); None: ``dsn``.
+    listen_dsn: str | None = None
+    #: Server processes sharing the ``listen`` endpoints (1: this process serves).
+    workers: int = 1
     data_dir: str = "./eventbus-data"
     #: Largest accepted request body, in bytes.
     max_body: int = 1024 * 1024
@@ -92,6 +98,7 @@ class Settings:
         values["listen"] = tuple(values["listen"])
         values["cors_origin"] = tuple(values["cors_origin"])
         values["dsn"] = values["dsn"] or None
+        values["listen_dsn"] = values["listen_dsn"] or None
         values["webhook_allow_private"] = bool(values["webhook_allow_private"])
         return cls(**values)
 
@@ -121,6 +128,14 @@ class Options(usage.Options):
         ["dsn", None, None,
          "PostgreSQL connection string (URI or key=value); without it an "
          "embedded PostgreSQL is run in --data-dir."],
+        ["listen-dsn", None, None,
+         "PostgreSQL connection string of the connection that listens for notifications (a"
+         " direct connection to the primary, when --dsn goes through a transaction pooler);"
+         " default: --dsn."],
+        ["workers", None, str(DEFAULTS.workers),
+         "Server processes sharing the --listen endpoints, each with its own database"
+         " pool and notification listener ('auto': one per CPU); the parent binds the"
+         " endpoints and supervises them."],
         ["data-dir", None, DEFAULTS.data_dir, "Where the embedded PostgreSQL keeps its data."],
         ["max-body", None, DEFAULTS.max_body, "Largest accepted request body, in bytes.", int],
         ["pool-size", None, DEFAULTS.pool_size, "Database connections per process.", int],
@@ -200,6 +215,15 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = list(DEFAULTS.listen)
+        self["workers"] = parse_workers(self["workers"])
+        if self["listen-dsn"] and not self["dsn"]:
+            raise usage.UsageError("--listen-dsn needs --dsn (the embedded PostgreSQL has one address)")
+        if self["workers"] > 1:
+            bad = [e for e in self["listen"] if not shareable(e)]
+            if bad:
+                raise usage.UsageError(
+                    f"--workers needs tcp:, tcp6:, ssl: or unix: endpoints; cannot share {', '.join(bad)}"
+                )
         if self["max-body"] < 1:
             raise usage.UsageError("--max-body must be a positive number of bytes")
         if self["max-batch"] < 1:
@@ -264,6 +288,44 @@ class Options(usage.Options):
         return Settings.from_options(self)
 
 
+#: Most worker processes accepted (``auto`` never asks for more).
+MAX_WORKERS = 256
+#: Endpoint kinds whose sockets the parent can bind for its workers.
+SHAREABLE_KINDS = ("tcp", "tcp6", "ssl", "unix")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(value: str | int) -> int:
+    """``--workers``: a count from 1 to MAX_WORKERS, or ``auto`` (one per CPU)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return min(cpu_count(), MAX_WORKERS)
+    try:
+        workers = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--workers must be a number or 'auto', got {value!r}") from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise usage.UsageError(f"--workers must be from 1 to {MAX_WORKERS} (or 'auto')")
+    return workers
+
+
+def endpoint_parts(endpoint: str) -> list[str]:
+    """A Twisted endpoint string cut at its unescaped colons."""
+    return re.split(r"(?<!\\):", endpoint)
+
+
+def shareable(endpoint: str) -> bool:
+    """Can ``--workers`` share this ``--listen`` endpoint?"""
+    return endpoint_parts(endpoint)[0].lower() in SHAREABLE_KINDS
+
+
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
 
 
@@ -273,7 +335,7 @@ def beyond_loopback(endpoint: str) -> bool:
     ``unix:`` never does; ``tcp:``/``ssl:`` do unless their ``interface`` is
     a loopback address; any other kind is assumed to.
     """
-    parts = re.split(r"(?<!\\):", endpoint)
+    parts = endpoint_parts(endpoint)
     kind = parts[0].lower()
     if kind == "unix":
         return False

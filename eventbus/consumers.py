@@ -164,6 +164,9 @@ class Consumers:
         self.events = events
         self.notifier = notifier
         self._waiting = 0
+        self._waiters: set[_Waiter] = set()
+        #: Shutting down: a ``next`` with nothing to lease answers at once.
+        self.closed = False
         self._locks: dict[tuple[str, str, str], defer.DeferredLock] = {}
 
     # -- leasing ----------------------------------------------------------------
@@ -186,7 +189,7 @@ class Consumers:
                         continue
                     return Delivery(event, leased.token, leased.deliveries, missed=leased.missed)
                 remaining = deadline - self.reactor.seconds()
-                if remaining <= 0:
+                if remaining <= 0 or self.closed:
                     return None
                 if waiter.settle(outcome.backlog):
                     continue
@@ -194,8 +197,10 @@ class Consumers:
                 if outcome.backlog.next_change_s is not None:
                     wait = min(wait, max(0.0, outcome.backlog.next_change_s) + EXPIRY_SLACK_S)
                 waiter.timer = self.reactor.callLater(wait, waiter.fire)
+                self._waiters.add(waiter)
                 await waiter.deferred
             finally:
+                self._waiters.discard(waiter)
                 self._waiting -= 1
                 subscription.cancel()
                 if waiter.timer is not None and waiter.timer.active():
@@ -265,6 +270,13 @@ class Consumers:
 
     async def retry(self, context: str, channel: str, name: str, event_id: int) -> None:
         await self.store.retry(context, channel, name, event_id)
+
+    def close(self) -> None:
+        """The process is stopping: every ``next`` held now gets one more
+        leasing round and then its answer (an event, or nothing), at once."""
+        self.closed = True
+        for waiter in list(self._waiters):
+            waiter.fire()
 
     def waiting(self) -> int:
         """``next`` requests currently held open (for tests)."""

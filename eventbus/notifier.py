@@ -1,32 +1,27 @@
 """One way to wait for a channel: subscriptions, woken by commits and NOTIFY.
 
-Shape borrowed from Synapse's notifier: subscriptions are kept per channel,
-so a publish costs one dict lookup for the channels nobody waits on; a wake
-reads the new events of a channel *once* and answers every subscriber of
-that channel from that one result (and from the :class:`TailCache` the read
-fills).
+Shape borrowed from Synapse's notifier: subscriptions are kept per channel, so a publish costs one
+dict lookup for the channels nobody waits on; a wake reads the new events of a channel *once* and
+answers every subscriber of that channel from that one result (and from the :class:`TailCache` the
+read fills).
 
-Everything that waits subscribes through :meth:`Notifier.subscribe` with a
-:class:`Subscriber`, which says what it wants told:
+Everything that waits subscribes through :meth:`Notifier.subscribe` with a :class:`Subscriber`,
+which says what it wants told:
 
-* wake-ups only (``cursor`` None): a typed :class:`Wake` for every publish,
-  consumer-state change or lost-notification resync of its channel (or, with
-  channel None, of every channel of its context).  Durable consumers' ``next``
-  and webhook delivery loops do their own reading.
-* events (``cursor`` an id): the events after the cursor, read by the
-  notifier.  With ``follows`` False only the next one (a long-poll ``peek``:
-  :meth:`Notifier.next_event` is that, ready-made); with ``follows`` True
-  every event, contiguous and in order, for as long as it stays subscribed
+* wake-ups only (``cursor`` None): a typed :class:`Wake` for every publish, consumer-state change
+  or lost-notification resync of its channel (or, with channel None, of every channel of its
+  context).  Durable consumers' ``next`` and webhook delivery loops do their own reading.
+* events (``cursor`` an id): the events after the cursor, read by the notifier.  With ``follows``
+  False only the next one (a long-poll ``peek``: :meth:`Notifier.next_event` is that, ready-made);
+  with ``follows`` True every event, contiguous and in order, for as long as it stays subscribed
   (an SSE broadcast group).
 
-No lost wake-ups: subscribe *before* the first read of the store.  Whatever
-commits after that read sends a notification that finds the subscription;
-whatever committed before it is seen by the read.  Notifications sent while
-the LISTEN connection was down are lost, so after it reconnects
-(:meth:`Notifier.resync`) every channel with subscribers is read again and
-every wake-up subscriber gets a ``RESYNC``.  Every subscription is
-cancellable, and cancelling never raises: Klein cancels a handler's Deferred
-when its client disconnects.  Time is the injected reactor's.
+No lost wake-ups: subscribe *before* the first read of the store. Whatever commits after that read
+sends a notification that finds the subscription; whatever committed before it is seen by the read.
+Notifications sent while the LISTEN connection was down are lost, so after it reconnects
+(:meth:`Notifier.resync`) every channel with subscribers is read again and every wake-up subscriber
+gets a ``RESYNC``. Every subscription is cancellable, and cancelling never raises: Klein cancels a
+handler's Deferred when its client disconnects. Time is the injected reactor's.
 
 Layer rule: a domain module; no SQL (it reads through the event store), no HTTP.
 """
@@ -132,6 +127,7 @@ class Notifier:
         #: Wake-up subscriptions to every channel of a context.
         self._contexts: dict[str, set[Subscription]] = {}
         self.tail = TailCache()
+        self.closed = False  # see close()
 
     # -- subscribing ------------------------------------------------------------
     def subscribe(self, context: str, channel: str | None, subscriber: Subscriber) -> Subscription:
@@ -187,7 +183,7 @@ class Notifier:
             return cached
         waiter = _NextEvent(cursor)
         subscription = self.subscribe(context, channel, waiter)  # before the read
-        waiter.timer = self.reactor.callLater(timeout, waiter.finish, None)
+        waiter.timer = self.reactor.callLater(0 if self.closed else timeout, waiter.finish, None)
         try:
             event = await self.store.first_after(context, channel, cursor)
             if isinstance(event, Event):
@@ -199,6 +195,13 @@ class Notifier:
             subscription.cancel()
             if waiter.timer.active():
                 waiter.timer.cancel()
+
+    def close(self) -> None:
+        """Stopping: answer the long polls held now as at their timeout; hold none from now on."""
+        self.closed = True
+        for sub in [s.subscriber for ch in self._channels.values() for s in ch.waiters]:
+            if isinstance(sub, _NextEvent):
+                sub.finish(None)
 
     def recent(
         self, context: str, channel: str, cursor: int, limit: int, max_bytes: int = PAGE_BYTES
@@ -312,9 +315,8 @@ class Notifier:
         missing = {i for i in wanted if self.tail.get(key, i) is None}
         found: dict[int, Event] = {}
         if missing:
-            # One read for the whole channel; with a known head it also
-            # fetches what follows (as far as a page's bytes allow), for the
-            # consumers (SSE streams, peek chains) that will ask for it next.
+            # One read for the whole channel; with a known head it also fetches what follows (as far
+            # as a page's bytes allow), for the consumers (SSE streams, peek chains) that ask next.
             low = min(missing)
             ahead = range(low, min(head, low + TAIL_EVENTS - 1) + 1) if head <= MAX_ID else range(0)
             found = await self.store.events_by_id(key[0], key[1], missing, ahead)
@@ -342,8 +344,7 @@ class Notifier:
         store's), from the tail where it can, else a page at a time."""
         for follower in list(ch.followers):
             sub = follower.subscriber
-            # The memory first: in the publishing process (and after the
-            # waiters' read) it holds everything up to the head.
+            # The memory first: in the publishing process (and after the waiters' read) it holds all up to the head.
             while follower.active and sub.cursor is not None and sub.cursor < head:
                 events = self.tail.after(key, sub.cursor, TAIL_EVENTS, PAGE_BYTES)
                 if not events:
@@ -353,8 +354,7 @@ class Notifier:
             while more and follower.active and sub.cursor is not None and sub.cursor < head:
                 page = await self.store.page(key[0], key[1], sub.cursor, min(head, MAX_ID + 1), TAIL_EVENTS)
                 self.tail.add(key, page)
-                # Delivered from the page itself: the tail ignores events
-                # older than the run it holds.
+                # Delivered from the page itself: the tail ignores events older than the run it holds.
                 if page and follower.active:
                     if page[0].id != sub.cursor + 1:
                         sub.pruned(page[0].id)  # retention made a gap: it must know

@@ -18,7 +18,9 @@ from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from eventbus.retry import retrying
+from eventbus.consumers import Consumers
+from eventbus.notifier import Notifier
+from eventbus.retry import retrying, sleep
 from eventbus.storage.database import Database
 from eventbus.storage.embedded import EmbeddedPostgres
 from eventbus.storage.migrate import migrate
@@ -29,6 +31,12 @@ log = Logger()
 
 #: How long start-up keeps retrying an unreachable database before giving up.
 STARTUP_DB_WAIT_S = 30.0
+
+#: Longest a stopping process waits for its held requests to be answered.
+DRAIN_TIMEOUT_S = 5.0
+#: Pause between looks at what is still held, and after the last answer (so
+#: the reactor writes the answers before it closes the connections).
+DRAIN_STEP_S = 0.05
 
 #: Set when start-up failed, so ``python -m eventbus`` can exit non-zero.
 startup_failed = False
@@ -65,6 +73,14 @@ class SequentialService(service.MultiService):
                 self.reactor.stop()
                 return
         tune_gc()
+
+    def whenStarted(self) -> defer.Deferred[None]:
+        """Fires once every child has started (or start-up failed)."""
+        return defer.ensureDeferred(self._started())
+
+    async def _started(self) -> None:
+        if self._starting is not None:
+            await self._starting
 
     def stopService(self) -> defer.Deferred:
         service.Service.stopService(self)
@@ -216,3 +232,34 @@ class TokenCacheService(service.Service):
     def stopService(self) -> None:
         service.Service.stopService(self)
         self.cache.stop()
+
+
+class HeldRequestsService(service.Service):
+    """On stop (right after the ports): answer every held long poll and
+    consumer ``next`` (a 204, or an event a last leasing round finds) before
+    the database closes, instead of dropping their connections."""
+
+    name = "held-requests"
+
+    def __init__(self, reactor: Any, notifier: Notifier, consumers: Consumers) -> None:
+        self.reactor = reactor
+        self.notifier = notifier
+        self.consumers = consumers
+
+    async def _drain(self) -> None:
+        self.notifier.close()
+        self.consumers.close()
+        deadline = self.reactor.seconds() + DRAIN_TIMEOUT_S
+        while self.notifier.waiting() or self.consumers.waiting():
+            if self.reactor.seconds() >= deadline:
+                log.warn(
+                    "stopping with {n} held requests unanswered",
+                    n=self.notifier.waiting() + self.consumers.waiting(),
+                )
+                return
+            await sleep(self.reactor, DRAIN_STEP_S)
+        await sleep(self.reactor, DRAIN_STEP_S)
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._drain())

@@ -27,6 +27,7 @@ from eventbus.retention import Pruner
 from eventbus.service import (
     DatabaseService,
     EmbeddedPostgresService,
+    HeldRequestsService,
     ListenerService,
     SequentialService,
     TokenCacheService,
@@ -37,11 +38,14 @@ from eventbus.storage.consumers import ConsumerStore
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
 from eventbus.storage.notify import Listener
+from eventbus.storage.restore import RestoreStore
 from eventbus.storage.retention import RetentionStore
 from eventbus.storage.tokens import TokenStore
 from eventbus.storage.webhooks import WebhookStore
 from eventbus.tokens import Holds, TokenCache, TokenService
 from eventbus.webhooks.service import WebhookService
+from eventbus.worker import AdoptedPortService
+from eventbus.workers import WorkerSpec, WorkerSupervisor
 
 log = Logger()
 
@@ -68,11 +72,16 @@ class Parts:
     pruner: Pruner
 
 
-def assemble(settings: Settings, reactor: Any) -> Parts:
-    """Build and wire every object of a server process (starting none of them)."""
+def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Parts:
+    """Build and wire every object of a server process (starting none of them);
+    ``worker``: its number among ``--workers`` processes."""
     database = Database(reactor, settings.dsn or "", pool_size=settings.pool_size)
     events = EventStore(database)
-    notifier = Notifier(reactor, events, own_pids=database.backend_pids)
+    # The echo of a commit through our own pool is skipped by the backend's
+    # pid; behind a pooler (--listen-dsn) the pool's pids are not the
+    # backends' that commit, so every notification is heard instead.
+    own_pids = database.backend_pids if settings.listen_dsn is None else frozenset
+    notifier = Notifier(reactor, events, own_pids=own_pids)
     events.on_append = notifier.published
     conditional = ConditionalAppends(database, events.announce, window_s=settings.idempotency_window)
     token_store = TokenStore(database)
@@ -84,7 +93,11 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         token_cache.changed()
 
     listener = Listener(
-        reactor, database.dsn, notifier.on_notification, recovered, on_token_changed=token_cache.changed
+        reactor,
+        settings.listen_dsn or database.dsn,
+        notifier.on_notification,
+        recovered,
+        on_token_changed=token_cache.changed,
     )
     consumers = Consumers(reactor, ConsumerStore(database), events, notifier)
     webhooks = WebhookService(
@@ -114,6 +127,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
         channels=ChannelStore(database),
         retention=settings.retention,
+        restore=RestoreStore(database),
     )
     pruner = Pruner(reactor, RetentionStore(database), settings.retention, settings.retention_interval)
     # Prune steps beyond the events' own (see Pruner.steps): the window of
@@ -125,6 +139,7 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
         access_log=settings.access_log,
         request_timeout=settings.request_timeout,
         log_format=settings.log_format,
+        worker=worker,
         reactor=reactor,
     )
     return Parts(
@@ -132,17 +147,23 @@ def assemble(settings: Settings, reactor: Any) -> Parts:
     )
 
 
-def build(settings: Settings, reactor: Any | None = None) -> service.IService:
-    """The service tree of a server process: see :mod:`eventbus.service` for its order."""
+def build(
+    settings: Settings, reactor: Any | None = None, worker: WorkerSpec | None = None
+) -> SequentialService:
+    """The service tree of a server process: see :mod:`eventbus.service` for its
+    order; with ``--workers`` N > 1, the parent's (:func:`build_parent`).
+    ``worker``: this process is one of the workers (it adopts their sockets)."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     assert reactor is not None
-    parts = assemble(settings, reactor)
     warning = open_warning(settings)
     if warning is not None:
         log.warn("{warning}", warning=warning)
+    if worker is None and settings.workers > 1:
+        return build_parent(settings, reactor)
+    parts = assemble(settings, reactor, worker=None if worker is None else worker.number)
 
     def use_dsn(dsn: str) -> None:
         parts.database.dsn = parts.listener.dsn = dsn
@@ -160,6 +181,28 @@ def build(settings: Settings, reactor: Any | None = None) -> service.IService:
     # Needs only the database; stops (its round finished, its lease given
     # back) before the database does.
     parts.pruner.setServiceParent(root)
-    for endpoint in settings.listen:
-        strports.service(endpoint, parts.site).setServiceParent(root)
+    # Stopped right after the ports: held requests are answered while the
+    # database is still there.
+    HeldRequestsService(reactor, parts.notifier, parts.consumers).setServiceParent(root)
+    if worker is None:
+        for endpoint in settings.listen:
+            strports.service(endpoint, parts.site).setServiceParent(root)
+    else:
+        for inherited in worker.ports:
+            AdoptedPortService(reactor, inherited, parts.site).setServiceParent(root)
+    return root
+
+
+def build_parent(settings: Settings, reactor: Any) -> SequentialService:
+    """The parent of ``--workers``: the embedded PostgreSQL (started first,
+    stopped last), then the workers (:mod:`eventbus.workers`)."""
+    root = SequentialService(reactor)
+    supervisor = WorkerSupervisor(reactor, settings)
+
+    def use_dsn(dsn: str) -> None:
+        supervisor.dsn = dsn
+
+    if not settings.dsn:
+        EmbeddedPostgresService(settings.data_dir, use_dsn).setServiceParent(root)
+    supervisor.setServiceParent(root)
     return root

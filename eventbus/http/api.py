@@ -19,6 +19,7 @@ from eventbus.http.consumers import ConsumersResource
 from eventbus.http.docs import DocsResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
+from eventbus.http.restore import Restorer
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
@@ -29,6 +30,7 @@ from eventbus.storage.channels import ChannelStore
 from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.database import Database
 from eventbus.storage.events import EventStore
+from eventbus.storage.restore import RestoreStore
 from eventbus.tokens import TokenService
 from eventbus.webhooks.service import WebhookService
 
@@ -48,6 +50,7 @@ def make_root(
     gate: Gate | None = None,
     channels: ChannelStore | None = None,
     retention: Retention | None = None,
+    restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
     docs = DocsResource(max_wait=max_wait, max_batch=max_batch, auth_mode=gate.mode if gate else OFF)
@@ -62,5 +65,6 @@ def make_root(
     if tokens is not None:
         routers[b"tokens"] = TokensResource(tokens).router
     if channels is not None:
-        routers[b"channels"] = ChannelsResource(channels, retention or Retention()).router
+        restorer = None if restore is None else Restorer(restore, notifier, max_batch)
+        routers[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router
     return Root({segment: router.resource() for segment, router in routers.items()}, gate, routers)

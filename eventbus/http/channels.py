@@ -17,6 +17,8 @@ from twisted.web.server import Request
 from eventbus.auth import Action
 from eventbus.errors import InvalidInput, NotFound
 from eventbus.http import access, params, render
+from eventbus.http.restore import QUERY as RESTORE_QUERY
+from eventbus.http.restore import Restorer
 from eventbus.http.router import Router
 from eventbus.model import ChannelInfo, ChannelKey, Retention, check_name
 from eventbus.retention import check_max_age, check_max_events, effective
@@ -89,9 +91,10 @@ class ChannelsResource:
 
     router = Router()
 
-    def __init__(self, store: ChannelStore, defaults: Retention) -> None:
+    def __init__(self, store: ChannelStore, defaults: Retention, restorer: Restorer | None = None) -> None:
         self.store = store
         self.defaults = defaults
+        self.restorer = restorer
 
     @router.route("/channels", methods=["GET"], need=(Action.READ,), query=LIST_QUERY)
     async def list_all(self, request: Request) -> bytes:
@@ -123,6 +126,15 @@ class ChannelsResource:
     async def patch(self, request: Request, context: str, channel: str) -> bytes:
         await self.store.configure(context, channel, retention_changes(params.body(request)))
         return render.json(request, channel_object(await self._info(context, channel), self.defaults))
+
+    @router.route(
+        "/channels/<context>/<channel>/restore", methods=["POST"], need=(Action.ADMIN,), query=RESTORE_QUERY
+    )
+    async def restore(self, request: Request, context: str, channel: str) -> bytes:
+        """Exported events with their ids and timestamps (:mod:`.restore`)."""
+        if self.restorer is None:
+            raise NotFound("this server does not restore events")
+        return await self.restorer.restore(request, context, channel)
 
     async def _info(self, context: str, channel: str) -> ChannelInfo:
         info = await self.store.get(context, channel)

@@ -54,6 +54,8 @@ from eventbus.http.wire import drop_unsent
 #: How long we keep reading (and discarding) an oversized upload after the
 #: 413 so the client reads our answer instead of a connection reset.
 DISCARD_GRACE_S = 2.0
+#: The response header naming the worker process that answered (``--workers``).
+WORKER_HEADER = b"X-Worker"
 
 
 class LimitedRequest(server.Request):
@@ -94,6 +96,9 @@ class LimitedRequest(server.Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
             return
+        worker = self._site.worker_header
+        if worker is not None:
+            self.responseHeaders.setRawHeaders(WORKER_HEADER, [worker])
         super().requestReceived(command, path, version)
 
     def _refuse(self) -> None:
@@ -318,10 +323,13 @@ class EventBusSite(server.Site):
         request_timeout: float,
         max_connections: int | None = None,
         log_format: str = logs.TEXT,
+        worker: int | None = None,
         **kwargs: Any,
     ) -> None:
         """``max_connections``: client connections held at most (None: from
-        the open-files limit, see :func:`~eventbus.http.connections.connection_limit`)."""
+        the open-files limit, see :func:`~eventbus.http.connections.connection_limit`);
+        ``worker``: this process's number among ``--workers`` (sent as
+        ``X-Worker`` on every answer), None when it serves alone."""
         # Never parse form bodies into request.args: `curl --data` sends JSON
         # as application/x-www-form-urlencoded; we only read request.content.
         super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=access_log_line, **kwargs)
@@ -329,6 +337,7 @@ class EventBusSite(server.Site):
         self.access_log = access_log
         self.log_format = log_format
         self.request_timeout = request_timeout
+        self.worker_header = None if worker is None else str(worker).encode("ascii")
         self.connections = ConnectionBudget(
             connection_limit() if max_connections is None else max_connections
         )

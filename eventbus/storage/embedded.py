@@ -47,7 +47,10 @@ SOCKET_PORT = 5432
 class EmbeddedPostgres:
     """One PostgreSQL cluster living in ``<data_dir>/pgdata``."""
 
-    def __init__(self, data_dir: os.PathLike | str) -> None:
+    def __init__(self, data_dir: os.PathLike | str, bin_dir: os.PathLike | str | None = None) -> None:
+        """``bin_dir``: another PostgreSQL's programs (``initdb``, ``pg_ctl``),
+        e.g. a distribution's older major version; default: the wheel's."""
+        self.bin_dir = Path(bin_dir) if bin_dir is not None else POSTGRES_BIN_PATH
         self.data_dir = Path(data_dir).absolute()
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
@@ -113,7 +116,7 @@ class EmbeddedPostgres:
 
     def _run(self, exe: str, args: list[str]) -> str:
         result = subprocess.run(
-            [str(POSTGRES_BIN_PATH / exe), *args],
+            [str(self.bin_dir / exe), *args],
             check=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -189,7 +192,7 @@ class EmbeddedPostgres:
             return
         pgutils.ensure_user_exists(self.system_user)
         pgutils.ensure_prefix_permissions(self.data_dir)
-        pgutils.ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        pgutils.ensure_prefix_permissions(self.bin_dir)
         self._chown(self.data_dir)
         self.data_dir.chmod(0o755)
         if self.log_path.exists():

@@ -13,6 +13,7 @@ from typing import Iterator
 import pytest
 
 from eventbus.storage.embedded import EmbeddedPostgres
+from tests.deployments import Deployment, PgBouncer, postgres15
 from tests.servers import ServerProcess
 
 
@@ -58,3 +59,43 @@ def server(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     proc.start()
     yield proc
     proc.stop()
+
+
+# -- deployments of the core modules (tests/deployments.py) ----------------------------
+#: Every deployment; a module lists those it runs against in ``DEPLOYMENTS``.
+ALL_DEPLOYMENTS = ("embedded", "pgbouncer", "pg15", "workers")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "deployment" in metafunc.fixturenames:
+        names = getattr(metafunc.module, "DEPLOYMENTS", ("embedded",))
+        metafunc.parametrize("deployment", names, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction mode in front of the session's PostgreSQL."""
+    bouncer = PgBouncer(tmp_path_factory.mktemp("pgbouncer"), postgres).start()
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture(scope="session")
+def pg15(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """Debian's PostgreSQL 15 as a private cluster, for the whole session."""
+    pg = postgres15(tmp_path_factory.mktemp("pg15"))
+    yield pg
+    pg.stop(force=True)
+
+
+@pytest.fixture(scope="module")
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    name = request.param
+    if name == "pgbouncer":
+        bouncer = request.getfixturevalue("pgbouncer")
+        return Deployment(name, request.getfixturevalue("postgres"), bouncer=bouncer)
+    if name == "pg15":
+        return Deployment(name, request.getfixturevalue("pg15"))
+    if name == "workers":
+        return Deployment(name, request.getfixturevalue("postgres"), extra=["--workers", "2"])
+    return Deployment(name, request.getfixturevalue("postgres"))

@@ -16,7 +16,7 @@ import pytest
 from tests.servers import REPO
 
 SCENARIOS = {"publish", "publish-auth", "publish-keyed", "batch", "wake", "waiters", "large-store", "sse",
-             "memory", "webhooks", "retention"}
+             "memory", "webhooks", "retention", "workers"}
 SMOKE_TIMEOUT_S = 150
 
 

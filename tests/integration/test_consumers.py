@@ -15,14 +15,16 @@ from twisted.internet import defer, reactor, task
 from tests.client import get, publish, request
 from tests.servers import ServerProcess
 
+#: Run against each (tests/deployments.py).
+DEPLOYMENTS = ("embedded", "pgbouncer", "pg15", "workers")
 CTX = "cons"
 
 
 # -- fixtures and helpers ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def servers(dsn, tmp_path_factory):
-    """Two server processes on the session's database (started in parallel)."""
-    procs = [ServerProcess(["--dsn", dsn], tmp_path_factory.mktemp("consumers"))
+def servers(deployment, tmp_path_factory):
+    """Two server processes on the deployment's database (started in parallel)."""
+    procs = [ServerProcess(deployment.server_args(), tmp_path_factory.mktemp("consumers"))
              for _ in range(2)]
     for p in procs:
         p.start(wait=False)

@@ -18,6 +18,9 @@ from twisted.internet import defer, reactor, task
 from tests.client import get, publish
 from tests.servers import ServerProcess
 
+#: Run against each (tests/deployments.py): several processes, through PgBouncer,
+#: on PostgreSQL 15, and as --workers.
+DEPLOYMENTS = ("embedded", "pgbouncer", "pg15", "workers")
 CTX = "ordering"
 PUBLISHERS = 12
 EVENTS_PER_PUBLISHER = 25
@@ -30,12 +33,12 @@ CONSUMER_IDLE_LIMIT = 2
 
 
 @pytest.fixture(scope="module")
-def servers(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+def servers(deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
     """Two server processes sharing one database (so one LISTEN/NOTIFY bus)."""
     procs = []
     try:
         for name in ("ordering-a", "ordering-b"):
-            procs.append(ServerProcess(["--dsn", dsn], tmp_path_factory.mktemp(name)).start())
+            procs.append(ServerProcess(deployment.server_args(), tmp_path_factory.mktemp(name)).start())
         yield procs
     finally:
         for proc in procs:
@@ -247,7 +250,7 @@ def _visible(dsn: str, channel: str) -> tuple[int, list[int]]:
 
 @pytest_twisted.ensureDeferred
 async def test_no_id_below_the_visible_head_is_missing_while_writers_are_held(
-        servers, dsn, channel_name):
+        servers, deployment, channel_name):
     """Two writers, one per process, are held after bumping the channel's
     counter and before their events are in (the test holds a lock every
     INSERT INTO events needs).  A reader must never see a head with an id
@@ -256,6 +259,7 @@ async def test_no_id_below_the_visible_head_is_missing_while_writers_are_held(
     own first, the reader would see head 3 and events [1] here, and a
     consumer at cursor 1 could move past ids that appear a moment later.)"""
     a, b = servers
+    dsn = deployment.dsn()
     assert (await publish(a.base, CTX, channel_name, {"n": 1})).code == 201
     holder = psycopg2.connect(dsn)
     try:

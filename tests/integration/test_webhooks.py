@@ -18,30 +18,34 @@ from tests.client import get, publish, request
 from tests.servers import ServerProcess
 from tests.webhook_receiver import Receiver, sleep, until, until_async, verify_standard_webhook
 
+#: Run against each (tests/deployments.py); --workers has tests of its own
+#: (test_workers.py: this module finds the owner process by its pid).
+DEPLOYMENTS = ("embedded", "pgbouncer", "pg15")
 CTX = "hooks"
 #: Retry delays in these tests are 1/20 of the real ones: 0.05 s, 0.25 s, 1.5 s...
 SCALE = 0.05
 
 
-def _database(postgres: Any, name: str) -> str:
-    conn = psycopg2.connect(postgres.dsn())
+def _database(deployment: Any, name: str) -> list[str]:
+    """A fresh database; the server arguments that use it."""
+    conn = psycopg2.connect(deployment.dsn())
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
-    return postgres.dsn(name)
+    return deployment.server_args(name)
 
 
-def _server(postgres: Any, tmp_path_factory: Any, db: str, *args: str) -> ServerProcess:
-    dsn = _database(postgres, db)
-    return ServerProcess(["--dsn", dsn, "--pool-size", "3", *args],
+def _server(deployment: Any, tmp_path_factory: Any, db: str, *args: str) -> ServerProcess:
+    database = _database(deployment, db)
+    return ServerProcess([*database, "--pool-size", "3", *args],
                          tmp_path_factory.mktemp(db))
 
 
 @pytest.fixture(scope="module")
-def hooks_server(postgres, tmp_path_factory) -> Iterator[ServerProcess]:
-    proc = _server(postgres, tmp_path_factory, "webhooks_main", "--webhook-allow-private",
+def hooks_server(deployment, tmp_path_factory) -> Iterator[ServerProcess]:
+    proc = _server(deployment, tmp_path_factory, "webhooks_main", "--webhook-allow-private",
                    "--webhook-retry-scale", str(SCALE), "--webhook-disable-after", "60")
     proc.start()
     yield proc
@@ -49,9 +53,9 @@ def hooks_server(postgres, tmp_path_factory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def strict_server(postgres, tmp_path_factory) -> Iterator[ServerProcess]:
+def strict_server(deployment, tmp_path_factory) -> Iterator[ServerProcess]:
     """Without --webhook-allow-private."""
-    proc = _server(postgres, tmp_path_factory, "webhooks_strict")
+    proc = _server(deployment, tmp_path_factory, "webhooks_strict")
     proc.start()
     yield proc
     proc.stop()
@@ -200,8 +204,8 @@ async def test_a_receiver_that_disappears_gets_the_event_when_it_is_back(
 
 @pytest_twisted.ensureDeferred
 async def test_a_subscription_failing_too_long_is_disabled_and_enable_resumes(
-        postgres, tmp_path_factory, receiver, channel_name):
-    server = _server(postgres, tmp_path_factory, "webhooks_disable", "--webhook-allow-private",
+        deployment, tmp_path_factory, receiver, channel_name):
+    server = _server(deployment, tmp_path_factory, "webhooks_disable", "--webhook-allow-private",
                      "--webhook-retry-scale", str(SCALE), "--webhook-disable-after", "1")
     server.start()
     try:
@@ -276,9 +280,9 @@ async def test_deleted_subscription_is_gone_and_no_longer_delivered(
 
 @pytest_twisted.ensureDeferred
 async def test_another_process_takes_over_from_the_stored_cursor_after_kill_9(
-        postgres, tmp_path_factory, receiver, channel_name):
-    dsn = _database(postgres, "webhooks_takeover")
-    args = ["--dsn", dsn, "--pool-size", "3", "--webhook-allow-private",
+        deployment, tmp_path_factory, receiver, channel_name):
+    database = _database(deployment, "webhooks_takeover")
+    args = [*database, "--pool-size", "3", "--webhook-allow-private",
             "--webhook-retry-scale", str(SCALE), "--webhook-lease", "2"]
     workdir = tmp_path_factory.mktemp("takeover")
     servers = [ServerProcess(args, workdir).start(wait=False),
@@ -380,10 +384,10 @@ async def test_bad_input_is_a_400_or_404_with_a_json_error(hooks_server, channel
 
 @pytest_twisted.ensureDeferred
 async def test_a_cleanly_stopped_process_releases_its_subscriptions(
-        postgres, tmp_path_factory, receiver, channel_name):
+        deployment, tmp_path_factory, receiver, channel_name):
     """SIGTERM: the process gives its leases up before its database connections
     close, so another process takes over at once, not a lease later."""
-    proc = _server(postgres, tmp_path_factory, "webhooks_release", "--webhook-allow-private",
+    proc = _server(deployment, tmp_path_factory, "webhooks_release", "--webhook-allow-private",
                    "--webhook-lease", "600")
     proc.start()
     try:
@@ -394,7 +398,7 @@ async def test_a_cleanly_stopped_process_releases_its_subscriptions(
     finally:
         code = proc.stop()
     assert code == 0, proc.log_tail()
-    conn = psycopg2.connect(postgres.dsn("webhooks_release"))
+    conn = psycopg2.connect(deployment.dsn("webhooks_release"))
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT owner, lease_until FROM webhook_subscriptions WHERE id = %s",

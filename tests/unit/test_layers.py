@@ -56,6 +56,23 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *BOTTOM,
     ),
     "eventbus.__main__": ("eventbus.service", "eventbus.cli"),
+    # A library for other programs: nothing of the server's, not even its
+    # model or errors (a client may talk to a server of another version).
+    "eventbus.client": ("eventbus.client",),
+    # The command line: an entry point.  The client commands go through the
+    # client library; only `token` (which needs no server) and `serve` reach
+    # into the server's modules.
+    "eventbus.cli": (
+        "eventbus.cli",
+        "eventbus.client",
+        "eventbus.__main__",
+        "eventbus.config",
+        "eventbus.errors",
+        "eventbus.model",
+        "eventbus.storage",
+        "eventbus.tokens",
+        "eventbus.http.tokens",
+    ),
 }
 
 
@@ -154,3 +171,25 @@ def test_every_module_states_its_layer_rule(path):
     assert doc, f"{module_name(path)} has no docstring"
     if path.name != "__init__.py" or path.parent != PACKAGE:
         assert "Layer rule" in doc or "layer rule" in doc.lower(), f"{module_name(path)} states no layer rule"
+
+
+#: The third-party packages the client library may load: its HTTP clients.
+CLIENT_THIRD_PARTY = {"httpx", "treq", "twisted"}
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "client").glob("*.py")), ids=lambda p: module_name(p))
+def test_the_client_library_uses_only_the_standard_library_and_its_http_clients(path):
+    import sys
+
+    tree = ast.parse(path.read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            roots.add(node.module.split(".")[0])
+    foreign = sorted(r for r in roots - {"eventbus", "__future__"} if r not in sys.stdlib_module_names)
+    assert set(foreign) <= CLIENT_THIRD_PARTY, f"{module_name(path)} imports {foreign}"
+    if path.name in ("sync.py", "sync_parts.py", "__init__.py"):
+        # A blocking program loads no Twisted (TxClient is imported lazily).
+        assert not {"twisted", "treq"} & roots, f"{module_name(path)} imports Twisted"

@@ -152,3 +152,34 @@ def test_the_pages_policy_allows_exactly_its_own_script_and_style():
     assert b"script-src 'sha256-" in policy and b"style-src 'sha256-" in policy
     assert b"'unsafe-inline'" not in policy and b"connect-src 'self'" in policy
     assert content_security_policy(b"<script>other()</script>") != policy
+
+
+# -- the document's patterns and the server's validators agree ------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from eventbus.auth import parse_scope  # noqa: E402
+from eventbus.http.openapi import components, schemas  # noqa: E402
+from eventbus.model import check_issuer, check_name  # noqa: E402
+from eventbus.webhooks.addresses import parse_url  # noqa: E402
+from eventbus.webhooks.signing import secret_key  # noqa: E402
+
+PATTERNS = {
+    "name": (components.NAME_REGEX, 128, lambda v: check_name("name", v)),
+    "issuer": (components.ISSUER_REGEX, 128, lambda v: check_issuer(v, "issuer")),
+    "scope": (components.SCOPE_REGEX, 10_000, parse_scope),
+    "url": (schemas.URL_REGEX, 2048, parse_url),
+    "secret": (schemas._WHSEC, 10_000, secret_key),
+}
+
+
+@pytest.mark.parametrize("kind", PATTERNS)
+def test_every_value_the_documents_pattern_allows_is_accepted(kind):
+    pattern, longest, check = PATTERNS[kind]
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.from_regex(pattern, fullmatch=True).filter(lambda v: 1 <= len(v) <= longest))
+    def accepted(value: str) -> None:
+        check(value)
+
+    accepted()

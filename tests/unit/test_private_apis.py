@@ -156,3 +156,16 @@ def test_an_http11_client_protocol_still_starts_quiescent_and_takes_its_callback
     protocol = HTTP11ClientProtocol(returned.append)
     assert protocol.state == "QUIESCENT"
     assert protocol._quiescentCallback == returned.append  # what it calls once a response is read
+
+
+def test_an_ssl_endpoint_string_still_keeps_its_tls_context_where_workers_look(tmp_path):
+    """eventbus.worker wraps an adopted socket in the TLS an ``ssl:`` string describes."""
+    from twisted.internet import reactor
+    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+
+    from eventbus.worker import tls_context_factory
+    from tests.integration.test_tls import self_signed
+
+    key, cert = self_signed(tmp_path)
+    context = tls_context_factory(reactor, f"ssl:0:privateKey={key}:certKey={cert}")
+    assert IOpenSSLServerConnectionCreator.providedBy(context)

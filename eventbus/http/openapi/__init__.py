@@ -64,7 +64,7 @@ def document(*, max_wait: float, max_batch: int, auth_mode: str) -> dict[str, An
     """The document of a server with these settings."""
     paths: dict[str, Any] = {
         **events_paths(max_wait, max_batch),
-        **channels_paths(),
+        **channels_paths(max_batch),
         **consumers_paths(max_wait),
         **subscriptions_paths(),
         **tokens_paths(),

@@ -25,7 +25,7 @@ NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": N
 _SCOPE_PART = r"(\*|[A-Za-z0-9_.:-]{1,128})"
 SCOPE_REGEX = rf"^(admin|(publish|read|consume|manage|admin):{_SCOPE_PART}/{_SCOPE_PART})$"
 #: An issuer: visible text, no control characters, at most 128 characters.
-ISSUER_REGEX = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
+ISSUER_REGEX = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 ISSUER: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_ISSUER_LEN, "pattern": ISSUER_REGEX}
 EVENT_ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID + 1}
 CURSOR: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_ID}

@@ -211,7 +211,30 @@ def events_paths(max_wait: float, max_batch: int) -> dict[str, Any]:
     }
 
 
-def channels_paths() -> dict[str, Any]:
+def restore_operation(max_batch: int) -> dict[str, Any]:
+    batch: Schema = {"type": "array", "minItems": 1, "maxItems": max_batch, "items": schema("RestoredEvent")}
+    return {
+        "tags": ["channels"],
+        "operationId": "restore",
+        "summary": "Store exported events with their own ids and timestamps (admin; what eventbus import uses)",
+        "parameters": [
+            *params(*CHANNEL_PATH),
+            {
+                "name": "after",
+                "in": "query",
+                "required": True,
+                "description": "The channel's last id the batch continues (0: a channel never written); else 409.",
+                "schema": CURSOR,
+            },
+        ],
+        "requestBody": json_body(batch, "Consecutive events after `after`, timestamps not decreasing."),
+        "responses": responses(
+            {200: json_response("Stored, all of it, in one transaction.", schema("Restored"))}, 404, 409
+        ),
+    }
+
+
+def channels_paths(max_batch: int) -> dict[str, Any]:
     listing = {
         "tags": ["channels"],
         "operationId": "channels",
@@ -253,7 +276,11 @@ def channels_paths() -> dict[str, Any]:
         "requestBody": json_body(schema("ChannelSettings"), "The settings to change."),
         "responses": responses({200: json_response("The channel.", schema("Channel"))}),
     }
-    return {"/channels": {"get": listing}, "/channels/{context}/{channel}": {"get": one, "patch": patch}}
+    return {
+        "/channels": {"get": listing},
+        "/channels/{context}/{channel}": {"get": one, "patch": patch},
+        "/channels/{context}/{channel}/restore": {"post": restore_operation(max_batch)},
+    }
 
 
 def service_paths() -> dict[str, Any]:

@@ -26,6 +26,7 @@ from eventbus.http.openapi.components import (
     obj,
     schema,
 )
+from eventbus.http.params import MAX_START_S
 from eventbus.model import MAX_ID, MODES
 from eventbus.retention import MAX_MAX_AGE_S, MAX_MAX_EVENTS, MIN_MAX_AGE_S
 from eventbus.tokens import MAX_EXPIRES_S
@@ -202,6 +203,33 @@ SCHEMAS: dict[str, Schema] = {
         ("name", "mode", "cursor", "lag", "in_flight", "dead", "expired", "lease", "max_deliveries"),
     ),
     "Consumers": {"type": "array", "items": schema("Consumer")},
+    "RestoredEvent": obj(
+        {
+            "id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+            "issuer": ISSUER,
+            "timestamp": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": MAX_START_S,
+                "description": "unix seconds",
+            },
+            "payload": schema("Payload"),
+            "context": {"description": "ignored (the path names the channel)"},
+            "channel": {"description": "ignored (the path names the channel)"},
+        },
+        ("id", "issuer", "timestamp", "payload"),
+        description="An event as the API renders it (a line of eventbus export).",
+    ),
+    "Restored": obj(
+        {
+            "context": NAME,
+            "channel": NAME,
+            "first_id": EVENT_ID,
+            "last_id": EVENT_ID,
+            "count": {"type": "integer", "minimum": 1},
+        },
+        ("context", "channel", "first_id", "last_id", "count"),
+    ),
     "Delivery": obj(
         {
             "event": schema("Event"),

@@ -1,4 +1,4 @@
-"""``eventbus token create|list|revoke``: access tokens from the command line.
+"""``eventbus token create|list|revoke``: access tokens, on the database itself.
 
 Invariant: the command line works on the same database as the server
 (``--dsn``, or the embedded PostgreSQL in ``--data-dir``, with the server's
@@ -12,6 +12,9 @@ standard error.
 The embedded PostgreSQL is shared with any server using the same data
 directory (:mod:`eventbus.storage.embedded` counts its users), so running
 a command never stops it under a server.
+
+Unlike the other commands (clients of a server's HTTP API), these need no
+server: they are how the first ``admin`` token is made.
 
 Layer rule: an entry point, like :mod:`eventbus.tap`: may import everything.
 """
@@ -31,21 +34,8 @@ from eventbus.model import TokenRecord
 
 T = TypeVar("T")
 
-#: First arguments of ``python -m eventbus`` that are subcommands, not server options.
-COMMANDS = ("token",)
-
-
-def run(argv: list[str]) -> None:
-    """Run a subcommand (exits the process)."""
-    main(args=argv, prog_name="eventbus")
-
 
 @click.group()
-def main() -> None:
-    """The event bus's commands.  Without one, ``eventbus [options]`` runs the server."""
-
-
-@main.group()
 def token() -> None:
     """Manage access tokens (the same as the /tokens API)."""
 
