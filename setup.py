@@ -20,6 +20,8 @@ setup(
     package_data={
         "twisted": ["plugins/eventbus_plugin.py"],
         "eventbus.storage": ["schema/*.sql"],
+        # the web console (/ui/): served as they are, no build step
+        "eventbus.http": ["static/*"],
         "eventbus": ["py.typed"],
         # The page of GET /docs: served from the package, nothing from elsewhere.
         "eventbus.http.openapi": ["docs.html"],
@@ -50,6 +52,8 @@ setup(
             # fuzzed against a live server (tests/integration/test_contract.py).
             "openapi-spec-validator>=0.7",
             "schemathesis>=4.32,<5",
+            # the console's browser tests drive Debian's chromium (no browser download)
+            "playwright>=1.40",
         ],
         # Pinned: a new release may add findings or change the format, and
         # CI must fail for our changes, not for the tools'.

@@ -1,9 +1,10 @@
 """Access control on the HTTP side: who a request is, what it may hold, CORS.
 
-Invariant: every request but ``GET /health`` and CORS preflights goes
-through :meth:`Gate.admit` once, before routing (the router's
-:class:`~eventbus.http.router.Root` calls it), and its handler then sees
-the :class:`~eventbus.auth.Principal` it acts as (:func:`principal_of`).
+Invariant: every request but ``GET /health``, the console's static files
+(``/ui``) and CORS preflights goes through :meth:`Gate.admit` once, before
+routing (the router's :class:`~eventbus.http.router.Root` calls it), and
+its handler then sees the :class:`~eventbus.auth.Principal` it acts as
+(:func:`principal_of`).
 Each route declares the actions it needs (``Router.route(..., need=...)``);
 a handler whose context and channel are not in its path (``POST
 /subscriptions``, ids) checks with :func:`authorize` itself.  Every request

@@ -10,11 +10,14 @@ given and builds none of them (``eventbus.tap`` wires the objects).
 from __future__ import annotations
 
 from klein import Klein
+from twisted.web.resource import Resource
 
 from eventbus.auth import OFF
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
 from eventbus.http.channels import ChannelsResource
+from eventbus.http.console import PREFIX as CONSOLE_PREFIX
+from eventbus.http.console import ConsoleResource
 from eventbus.http.consumers import ConsumersResource
 from eventbus.http.docs import DocsResource
 from eventbus.http.events import EventsResource
@@ -67,4 +70,7 @@ def make_root(
     if channels is not None:
         restorer = None if restore is None else Restorer(restore, notifier, max_batch)
         routers[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router
-    return Root({segment: router.resource() for segment, router in routers.items()}, gate, routers)
+    apps: dict[bytes, Resource] = {segment: router.resource() for segment, router in routers.items()}
+    # Not part of the API (static files for browsers): not in /openapi.json.
+    apps[CONSOLE_PREFIX] = ConsoleResource()
+    return Root(apps, gate, routers)

@@ -283,5 +283,8 @@ class Root(Resource):
             request.finish()
 
 
-#: ``/health`` and the API's description need no token (and get no CORS headers).
-PUBLIC_SEGMENTS = frozenset({b"health", b"openapi.json", b"docs"})
+#: What needs no token (and gets no CORS headers): ``/health``, the API's
+#: description (``/openapi.json``, ``/docs``), and the console's static files
+#: under ``/ui`` (they hold no data; the console then calls the API like any
+#: client, with its user's token).
+PUBLIC_SEGMENTS = frozenset({b"health", b"openapi.json", b"docs", b"ui"})
