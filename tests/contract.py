@@ -76,14 +76,12 @@ def admin_token(dsn: str) -> str:
 LAST = "revokeToken"
 
 
-def schemathesis_command(base: str, token: str, served: set[str], extra: list[str]) -> list[str]:
+def schemathesis_command(base: str, token: str, extra: list[str]) -> list[str]:
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     command = [st, "--config-file", str(CONFIG), "run", f"{base}/openapi.json", "--checks", "all",
                "-H", f"Authorization: Bearer {token}", *DEFAULT_OPTIONS]
     for path in EXCLUDED_PATHS:
         command += ["--exclude-path", path]
-    if "/metrics" not in served:
-        command += ["--exclude-path", "/metrics"]  # served once the metrics resource is merged
     return [*command, *extra]
 
 
@@ -101,8 +99,9 @@ def main(extra: list[str]) -> int:
     try:
         server.start()
         token = admin_token(pg.dsn())
-        served = {"/metrics"} if server_has(server, "/metrics", token) else set()
-        command = schemathesis_command(server.base, token, served, extra)
+        # The served document describes only what this server mounts
+        # (``/metrics`` once the metrics resource is there), so it is all fuzzed.
+        command = schemathesis_command(server.base, token, extra)
         code = 0
         for only in (["--exclude-operation-id", LAST], ["--include-operation-id", LAST]):
             print("$", " ".join("[token]" if "Bearer" in c else c for c in [*command, *only]), flush=True)
@@ -117,16 +116,6 @@ def main(extra: list[str]) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return code
-
-
-def server_has(server: ServerProcess, path: str, token: str) -> bool:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
-    status = conn.getresponse().status
-    conn.close()
-    return status != 404
 
 
 if __name__ == "__main__":

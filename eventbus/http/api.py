@@ -56,20 +56,23 @@ def make_root(
     restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
-    docs = DocsResource(max_wait=max_wait, max_batch=max_batch, auth_mode=gate.mode if gate else OFF)
     routers: dict[bytes, Klein] = {
         b"health": HealthResource(database).router,
         b"events": EventsResource(events, conditional, notifier, streams, max_batch, max_wait).router,
         b"consumers": ConsumersResource(consumers, max_wait).router,
         b"subscriptions": SubscriptionsResource(webhooks).router,
-        b"openapi.json": docs.router,
-        b"docs": docs.router,
     }
     if tokens is not None:
         routers[b"tokens"] = TokensResource(tokens).router
     if channels is not None:
         restorer = None if restore is None else Restorer(restore, notifier, max_batch)
         routers[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router
+    # Last: the document describes the resources mounted above.
+    docs = DocsResource(
+        max_wait=max_wait, max_batch=max_batch, auth_mode=gate.mode if gate else OFF, mounted=set(routers)
+    )
+    for segment in DocsResource.SEGMENTS:
+        routers[segment] = docs.router
     apps: dict[bytes, Resource] = {segment: router.resource() for segment, router in routers.items()}
     # Not part of the API (static files for browsers): not in /openapi.json.
     apps[CONSOLE_PREFIX] = ConsoleResource()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Collection
 from importlib import resources
 
 from twisted.web.server import Request
@@ -46,8 +47,16 @@ class DocsResource:
 
     router = Router()
 
-    def __init__(self, *, max_wait: float, max_batch: int, auth_mode: str) -> None:
-        self.document = openapi.rendered(max_wait=max_wait, max_batch=max_batch, auth_mode=auth_mode)
+    #: The first path segments of these routes.
+    SEGMENTS = (b"openapi.json", b"docs")
+
+    def __init__(
+        self, *, max_wait: float, max_batch: int, auth_mode: str, mounted: Collection[bytes]
+    ) -> None:
+        """``mounted``: the first path segments of the API's other resources."""
+        self.document = openapi.rendered(
+            max_wait=max_wait, max_batch=max_batch, auth_mode=auth_mode, mounted={*mounted, *self.SEGMENTS}
+        )
         self.page = page()
         self.policy = content_security_policy(self.page)
 

@@ -2,7 +2,9 @@
 
 Invariant: every route of every mounted resource is in the document with
 its methods, and every path of the document is a route
-(``tests/unit/test_openapi.py`` compares them with the Klein apps); it is
+(``tests/unit/test_openapi.py`` compares them with the Klein apps; a
+resource the server does not mount, such as ``/metrics`` before the
+metrics resource exists, is left out of the served document); it is
 built by code from the constants the handlers check, once per process, and
 states the running server's limits (``--max-wait`` as the ``maximum`` of
 every ``timeout``, ``--max-batch`` as the longest batch) and its access
@@ -16,6 +18,7 @@ Layer rule: the HTTP layer; pure data, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -60,8 +63,14 @@ browsers, not part of the API)."""
 LOCAL_NOTE = ": requests from loopback without proxy headers need no token"
 
 
-def document(*, max_wait: float, max_batch: int, auth_mode: str) -> dict[str, Any]:
-    """The document of a server with these settings."""
+def document(
+    *, max_wait: float, max_batch: int, auth_mode: str, mounted: Collection[bytes] | None = None
+) -> dict[str, Any]:
+    """The document of a server with these settings.
+
+    ``mounted``: the first path segments the server serves (``None``: every
+    one described here); the paths of any other are left out, so a server
+    without the metrics resource does not describe ``/metrics``."""
     paths: dict[str, Any] = {
         **events_paths(max_wait, max_batch),
         **channels_paths(max_batch),
@@ -70,6 +79,8 @@ def document(*, max_wait: float, max_batch: int, auth_mode: str) -> dict[str, An
         **tokens_paths(),
         **service_paths(),
     }
+    if mounted is not None:
+        paths = {path: item for path, item in paths.items() if first_segment(path) in mounted}
     anonymous: list[dict[str, list[str]]] = [] if auth_mode == REQUIRED else [{}]
     for path, operations in paths.items():
         for method, operation in operations.items():
@@ -104,6 +115,15 @@ def document(*, max_wait: float, max_batch: int, auth_mode: str) -> dict[str, An
     }
 
 
-def rendered(*, max_wait: float, max_batch: int, auth_mode: str) -> bytes:
+def first_segment(path: str) -> bytes:
+    """``/events/{context}/{channel}`` -> ``b"events"``: the mount that serves a path."""
+    return path.split("/", 2)[1].encode()
+
+
+def rendered(
+    *, max_wait: float, max_batch: int, auth_mode: str, mounted: Collection[bytes] | None = None
+) -> bytes:
     """The document as JSON bytes (built once per process and served as they are)."""
-    return orjson.dumps(document(max_wait=max_wait, max_batch=max_batch, auth_mode=auth_mode))
+    return orjson.dumps(
+        document(max_wait=max_wait, max_batch=max_batch, auth_mode=auth_mode, mounted=mounted)
+    )
