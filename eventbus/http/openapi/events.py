@@ -321,9 +321,13 @@ def service_paths() -> dict[str, Any]:
         "responses": responses(
             {
                 200: {
-                    "description": "The Prometheus text exposition.",
+                    "description": "The Prometheus text exposition (OpenMetrics if the request's Accept"
+                    " asks for application/openmetrics-text).",
                     "headers": headers(),
-                    "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                    "content": {
+                        "text/plain; version=0.0.4": {"schema": {"type": "string"}},
+                        "application/openmetrics-text; version=1.0.0": {"schema": {"type": "string"}},
+                    },
                 }
             },
         ),
