@@ -39,6 +39,7 @@ setup(
         "orjson>=3.9",
         "treq>=23.11",
         "click>=8.1",
+        "prometheus-client>=0.17",
         # the client library (eventbus.client) and the command line
         "httpx>=0.27",
         "rich>=13.0",

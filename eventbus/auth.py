@@ -6,7 +6,9 @@ channel the route names; nothing here does I/O, so the rules are tested
 exhaustively in ``tests/unit/test_auth.py``.
 
 Scopes are ``ACTION:CONTEXT/CHANNEL``, each segment a name or ``*`` (any);
-``admin`` alone (or ``admin:*/*``) allows everything.  Actions do not imply
+``admin`` alone (or ``admin:*/*``) allows everything.  ``metrics`` (alone,
+or ``metrics:*/*``: a process's metrics are not split by channel) allows
+reading ``/metrics`` and nothing else.  Actions do not imply
 one another, except that ``admin`` implies all of them.  A ``*`` in a
 request (a webhook subscription to every channel of a context) is matched
 only by a ``*`` in the scope: ``manage:ctx/*`` allows it, ``manage:ctx/A``
@@ -55,6 +57,8 @@ class Action(enum.Enum):
     CONSUME = "consume"
     MANAGE = "manage"
     ADMIN = "admin"
+    #: Reading the process's metrics; only ever on every context and channel.
+    METRICS = "metrics"
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,8 @@ def parse_scope(text: str) -> Scope:
     """A scope from its text form; :class:`InvalidInput` names what is wrong."""
     if not isinstance(text, str):
         raise InvalidInput("a scope must be a string like publish:context/channel")
-    if text == Action.ADMIN.value:
-        return Scope(Action.ADMIN, ANY, ANY)
+    if text in (Action.ADMIN.value, Action.METRICS.value):
+        return Scope(Action(text), ANY, ANY)
     action_text, sep, pattern = text.partition(":")
     try:
         action = Action(action_text)
@@ -91,6 +95,8 @@ def parse_scope(text: str) -> Scope:
     for kind, value in (("context", context), ("channel", channel)):
         if value != ANY and not NAME_RE.match(value):
             raise InvalidInput(f"scope {text[:140]!r}: the {kind} must be * or match {NAME_PATTERN}")
+    if action is Action.METRICS and (context, channel) != (ANY, ANY):
+        raise InvalidInput(f"scope {text[:140]!r}: metrics are the whole process's; the scope is 'metrics'")
     return Scope(action, context, channel)
 
 
@@ -154,6 +160,12 @@ def require(principal: Principal, actions: Iterable[Action], context: str, chann
         return
     scope = str(Scope(wanted[0], context, channel))
     raise Forbidden(f"token {principal.token!r} lacks the scope {scope}", scope=scope)
+
+
+def require_metrics(principal: Principal) -> None:
+    """Reading the metrics needs ``metrics`` or ``admin`` on everything."""
+    if not principal.may(Action.METRICS, ANY, ANY):
+        raise Forbidden(f"token {principal.token!r} lacks the scope metrics", scope="metrics")
 
 
 def require_admin(principal: Principal) -> None:

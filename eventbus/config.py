@@ -23,7 +23,7 @@ from twisted.python import usage
 from eventbus import logs
 from eventbus.auth import LOCAL, MODES, OFF, is_loopback
 from eventbus.errors import InvalidInput
-from eventbus.http.site import ACCESS_LOG_TWISTD
+from eventbus.http.accesslog import ACCESS_LOG_TWISTD
 from eventbus.model import Retention
 from eventbus.retention import check_max_age, check_max_events
 
@@ -85,8 +85,12 @@ class Settings:
     idempotency_window: float = 86400.0
     #: Longest ``timeout`` of a long poll (``peek``, a consumer's ``next``), seconds.
     max_wait: float = 300.0
-    #: How log lines are written: "text" (twistd's), or "json" (one object a line).
-    log_format: str = logs.TEXT
+    log_format: str = logs.TEXT  # "text" (twistd's lines) or "json" (one object a line)
+    #: Split the counts of events published, pruned and replayed by context
+    #: in the metrics (a label per context: only where contexts are few).
+    metrics_context_labels: bool = False
+    #: An extra endpoint serving only ``/metrics`` (worker i: its port + i - 1).
+    metrics_listen: str | None = None
 
     @classmethod
     def from_options(cls, options: Any) -> Settings:
@@ -99,7 +103,9 @@ class Settings:
         values["cors_origin"] = tuple(values["cors_origin"])
         values["dsn"] = values["dsn"] or None
         values["listen_dsn"] = values["listen_dsn"] or None
+        values["metrics_listen"] = values["metrics_listen"] or None
         values["webhook_allow_private"] = bool(values["webhook_allow_private"])
+        values["metrics_context_labels"] = bool(values["metrics_context_labels"])
         return cls(**values)
 
     @property
@@ -181,17 +187,21 @@ class Options(usage.Options):
         ["idempotency-window", None, DEFAULTS.idempotency_window,
          "Seconds an Idempotency-Key is remembered in its channel: a publish repeating"
          " it within this time gets the first publish's answer.", float],
-        ["log-format", None, DEFAULTS.log_format,
-         "How log lines are written: 'text' (twistd's format) or 'json' (one JSON object"
-         " a line: timestamp, level, logger, message and the event's fields)."],
-        ["max-wait", None, DEFAULTS.max_wait,
-         "Longest timeout, in seconds, a long poll (peek, a consumer's next) may ask"
-         " for; a larger one is a 400.", float],
+        ["log-format", None, DEFAULTS.log_format, "How log lines are written: 'text' (twistd's"
+         " format) or 'json' (one JSON object a line: timestamp, level, logger, message, fields)."],
+        ["max-wait", None, DEFAULTS.max_wait, "Longest timeout (s) a peek or a consumer's next may ask for.", float],
+        ["metrics-listen", None, None,
+         "An extra endpoint (tcp:PORT) that serves only /metrics, with the same"
+         " access rules; with --workers N, worker i listens on PORT + i - 1, so each"
+         " worker is scraped on its own address."],
     ]  # fmt: skip
     optFlags: ClassVar[list[list[Any]]] = [
         ["webhook-allow-private", None,
          "Allow webhook URLs on loopback, private, link-local and other non-public"
          " addresses."],
+        ["metrics-context-labels", None,
+         "Label the metrics of events published, pruned and replayed with their"
+         " context (one series per context: only where contexts are few)."],
     ]  # fmt: skip
 
     def __init__(self) -> None:
@@ -224,6 +234,8 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--workers needs tcp:, tcp6:, ssl: or unix: endpoints; cannot share {', '.join(bad)}"
                 )
+        if self["metrics-listen"]:
+            check_metrics_listen(self["metrics-listen"], self["workers"])
         if self["max-body"] < 1:
             raise usage.UsageError("--max-body must be a positive number of bytes")
         if self["max-batch"] < 1:
@@ -270,19 +282,10 @@ class Options(usage.Options):
             raise usage.UsageError(f"--max-wait must be from 0 to {MAX_MAX_WAIT_S} seconds")
         if self["log-format"] not in logs.FORMATS:
             raise usage.UsageError(f"--log-format must be one of {', '.join(logs.FORMATS)}")
-        if self["log-format"] == logs.JSON:
-            self._log_as_json()
-
-    def _log_as_json(self) -> None:
-        """Have twistd (our parent command's options, when run by it) log
-        through the JSON observer, wherever its --logfile says."""
-        twistd = self.parent
-        if twistd is None:
-            return  # parsed by itself (tests): nobody to tell
-        if twistd.get("logger"):
-            raise usage.UsageError("--log-format json and twistd's --logger both choose the log observer")
-        logs.destination = twistd.get("logfile")
-        twistd["logger"] = logs.FACTORY
+        if self["log-format"] == logs.JSON and self.parent is not None:  # None: parsed alone (tests)
+            if self.parent.get("logger"):
+                raise usage.UsageError("--log-format json and twistd's --logger both choose the log observer")
+            logs.log_through_json(self.parent)
 
     def settings(self) -> Settings:
         return Settings.from_options(self)
@@ -319,6 +322,42 @@ def parse_workers(value: str | int) -> int:
 def endpoint_parts(endpoint: str) -> list[str]:
     """A Twisted endpoint string cut at its unescaped colons."""
     return re.split(r"(?<!\\):", endpoint)
+
+
+def _port_part(parts: list[str]) -> tuple[int, str, int] | None:
+    """Where a ``tcp:`` endpoint's port is: (index, prefix, port), if numeric."""
+    for index, part in enumerate(parts[1:], 1):
+        prefix = "port=" if part.startswith("port=") else ""
+        if (prefix or (index == 1 and "=" not in part)) and part[len(prefix) :].isdigit():
+            return index, prefix, int(part[len(prefix) :])
+    return None
+
+
+def check_metrics_listen(endpoint: str, workers: int) -> None:
+    """``--metrics-listen``: a ``tcp:``/``tcp6:`` endpoint with a port, room for every worker's."""
+    parts = endpoint_parts(endpoint)
+    found = _port_part(parts) if parts[0].lower() in ("tcp", "tcp6") else None
+    if found is None:
+        raise usage.UsageError(
+            f"--metrics-listen must be tcp:PORT or tcp6:PORT (options after it), got {endpoint!r}"
+        )
+    port = found[2]
+    if not 0 <= port + workers - 1 <= 65535 or (workers > 1 and port == 0):
+        raise usage.UsageError(
+            f"--metrics-listen: ports {port} to {port + workers - 1} (one per worker) are not all valid"
+        )
+
+
+def metrics_endpoint(endpoint: str, worker: int | None) -> str:
+    """The ``--metrics-listen`` endpoint of one process: worker i (of
+    ``--workers``) listens on the given port + i - 1, so each is scraped alone."""
+    parts = endpoint_parts(endpoint)
+    found = _port_part(parts)
+    if worker is None or found is None:
+        return endpoint
+    index, prefix, port = found
+    parts[index] = f"{prefix}{port + worker - 1}"
+    return ":".join(parts)
 
 
 def shareable(endpoint: str) -> bool:

@@ -36,6 +36,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from eventbus.errors import Conflict, NotFound, Unavailable
+from eventbus.metrics import ConsumerMetrics
 from eventbus.model import (
     MAX_ID,
     ORDERED,
@@ -157,12 +158,19 @@ class Consumers:
     """Durable consumers over their store, woken by the notifier."""
 
     def __init__(
-        self, reactor: IReactorTime, store: ConsumerStore, events: EventStore, notifier: Notifier
+        self,
+        reactor: IReactorTime,
+        store: ConsumerStore,
+        events: EventStore,
+        notifier: Notifier,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self.reactor = reactor
         self.store = store
         self.events = events
         self.notifier = notifier
+        #: Redeliveries and dead letters this process made, per consumer.
+        self.metrics = metrics if metrics is not None else ConsumerMetrics()
         self._waiting = 0
         self._waiters: set[_Waiter] = set()
         #: Shutting down: a ``next`` with nothing to lease answers at once.
@@ -224,11 +232,15 @@ class Consumers:
         except defer.TimeoutError:
             raise Unavailable(f"database did not answer within {LOCK_WAIT_S:g} s") from None
         try:
-            return await self.store.lease(context, channel, name, DEFAULTS, choose, new_token)
+            outcome = await self.store.lease(context, channel, name, DEFAULTS, choose, new_token)
         finally:
             lock.release()
             if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
                 del self._locks[key]
+        self.metrics.dead(key, outcome.dead_lettered)
+        if outcome.leased is not None and outcome.leased.deliveries > 1:
+            self.metrics.redelivered(key)
+        return outcome
 
     async def ack(self, context: str, channel: str, name: str, token: str) -> None:
         event_id = parse_token(token)
@@ -237,8 +249,15 @@ class Consumers:
 
     async def nack(self, context: str, channel: str, name: str, token: str, delay_s: float) -> None:
         event_id = parse_token(token)
-        if event_id is None or not await self.store.nack(context, channel, name, event_id, token, delay_s):
+        state = (
+            None
+            if event_id is None
+            else await self.store.nack(context, channel, name, event_id, token, delay_s)
+        )
+        if state is None:
             raise Conflict("unknown or expired lease")
+        if state == "dead":
+            self.metrics.dead((context, channel, name))
 
     # -- management -------------------------------------------------------------
     async def configure(

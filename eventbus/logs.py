@@ -93,3 +93,11 @@ def json_observer() -> JsonLineObserver:
     if not destination or destination == "-":
         return JsonLineObserver(sys.stdout)
     return JsonLineObserver(logfile.LogFile.fromFullPath(destination))
+
+
+def log_through_json(twistd: Any) -> None:
+    """Have twistd (the options of the command that runs our plugin) log
+    through the JSON observer, wherever its ``--logfile`` says."""
+    global destination
+    destination = twistd.get("logfile")
+    twistd["logger"] = FACTORY

@@ -223,6 +223,8 @@ class Leased(NamedTuple):
 class LeaseOutcome(NamedTuple):
     backlog: Backlog
     leased: Leased | None
+    #: Events the round made dead letters (their deliveries used up).
+    dead_lettered: int = 0
 
 
 class ConsumerStatus(NamedTuple):

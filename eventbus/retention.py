@@ -38,6 +38,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from eventbus.errors import InvalidInput, Unavailable
+from eventbus.metrics import PerContext
 from eventbus.model import Retention, json_integer
 from eventbus.storage.retention import Due, RetentionStore
 
@@ -118,8 +119,11 @@ class Pruner(service.Service):
         defaults: Retention,
         interval: float,
         batch: int = PRUNE_BATCH,
+        pruned: PerContext | None = None,
     ) -> None:
+        """``pruned``: where the events deleted are counted."""
         self.reactor = reactor
+        self.pruned = pruned if pruned is not None else PerContext(by_context=False)
         self.store = store
         self.defaults = defaults
         self.interval = interval
@@ -220,6 +224,7 @@ class Pruner(service.Service):
             upto = min(due.target, pruned_to + self.batch)
             reached, count = await self.store.prune(due, upto)
             deleted += count
+            self.pruned.add(due.context, count)
             if reached < upto:
                 break  # a consumer holds a lease on the next event
             pruned_to = reached

@@ -16,12 +16,15 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.logger import Logger
 
-from eventbus.config import Options, Settings, open_warning
+from eventbus.config import Options, Settings, metrics_endpoint, open_warning
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
-from eventbus.http.api import make_root
+from eventbus.http.api import make_metrics_root, make_root
 from eventbus.http.site import EventBusSite
 from eventbus.http.streams import EventStreams
+from eventbus.metrics import Metrics, Sources, Stored
+from eventbus.metrics.exposition import Exposition
+from eventbus.metrics.values import STORED_MAX_AGE_S
 from eventbus.notifier import Notifier
 from eventbus.retention import Pruner
 from eventbus.service import (
@@ -32,6 +35,7 @@ from eventbus.service import (
     SequentialService,
     TokenCacheService,
 )
+from eventbus.storage import gauges
 from eventbus.storage.channels import ChannelStore
 from eventbus.storage.conditional import ConditionalAppends
 from eventbus.storage.consumers import ConsumerStore
@@ -70,20 +74,25 @@ class Parts:
     tokens: TokenCache
     site: EventBusSite
     pruner: Pruner
+    #: What ``--metrics-listen`` serves (``/metrics`` alone), if asked for.
+    metrics_site: EventBusSite | None = None
 
 
 def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Parts:
     """Build and wire every object of a server process (starting none of them);
     ``worker``: its number among ``--workers`` processes."""
+    metrics = Metrics(context_labels=settings.metrics_context_labels)
     database = Database(reactor, settings.dsn or "", pool_size=settings.pool_size)
-    events = EventStore(database)
+    events = EventStore(database, metrics.appends)
     # The echo of a commit through our own pool is skipped by the backend's
     # pid; behind a pooler (--listen-dsn) the pool's pids are not the
     # backends' that commit, so every notification is heard instead.
     own_pids = database.backend_pids if settings.listen_dsn is None else frozenset
     notifier = Notifier(reactor, events, own_pids=own_pids)
     events.on_append = notifier.published
-    conditional = ConditionalAppends(database, events.announce, window_s=settings.idempotency_window)
+    conditional = ConditionalAppends(
+        database, events.announce, window_s=settings.idempotency_window, metrics=metrics.appends
+    )
     token_store = TokenStore(database)
     holds = Holds(settings.max_held_per_client)
     token_cache = TokenCache(reactor, token_store, holds)
@@ -98,8 +107,10 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
         notifier.on_notification,
         recovered,
         on_token_changed=token_cache.changed,
+        outages=database.outages,
+        metrics=metrics.listener,
     )
-    consumers = Consumers(reactor, ConsumerStore(database), events, notifier)
+    consumers = Consumers(reactor, ConsumerStore(database), events, notifier, metrics.consumers)
     webhooks = WebhookService(
         reactor,
         WebhookStore(database),
@@ -111,8 +122,20 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
         lease=settings.webhook_lease,
         concurrency=settings.webhook_concurrency,
         channel_concurrency=settings.webhook_subscription_concurrency,
+        metrics=metrics.webhooks,
     )
     streams = EventStreams(events, notifier, reactor, settings.heartbeat)
+    # The gauges, read when the process is scraped.
+    metrics.sources = Sources(
+        longpoll_waiters=notifier.waiting,
+        sse_streams=streams.open_streams,
+        consumer_next_waiting=consumers.waiting,
+        listener_connected=lambda: listener.connected,
+        pool_connections=database.connections,
+        stored=Stored(reactor.seconds, lambda: gauges.read(database), STORED_MAX_AGE_S),
+    )
+    gate = Gate(settings.auth, token_cache, holds, settings.cors_origin)
+    exposition = Exposition(metrics)
     resource = make_root(
         database=database,
         events=events,
@@ -124,26 +147,47 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
         max_batch=settings.max_batch,
         max_wait=settings.max_wait,
         tokens=TokenService(token_store),
-        gate=Gate(settings.auth, token_cache, holds, settings.cors_origin),
+        gate=gate,
         channels=ChannelStore(database),
         retention=settings.retention,
         restore=RestoreStore(database),
+        metrics=exposition,
     )
-    pruner = Pruner(reactor, RetentionStore(database), settings.retention, settings.retention_interval)
+    pruner = Pruner(
+        reactor,
+        RetentionStore(database),
+        settings.retention,
+        settings.retention_interval,
+        pruned=metrics.pruned,
+    )
     # Prune steps beyond the events' own (see Pruner.steps): the window of
     # Idempotency-Key records.
     pruner.steps.append(conditional.prune_expired_keys)
-    site = EventBusSite(
-        resource,
-        max_body=settings.max_body,
-        access_log=settings.access_log,
-        request_timeout=settings.request_timeout,
-        log_format=settings.log_format,
-        worker=worker,
-        reactor=reactor,
-    )
+    sites = [
+        EventBusSite(
+            root,
+            max_body=settings.max_body,
+            access_log=settings.access_log,
+            request_timeout=settings.request_timeout,
+            metrics=metrics.http,
+            log_format=settings.log_format,
+            worker=worker,
+            reactor=reactor,
+        )
+        for root in (resource, make_metrics_root(exposition, gate))
+    ]
     return Parts(
-        database, events, notifier, listener, consumers, webhooks, streams, token_cache, site, pruner
+        database,
+        events,
+        notifier,
+        listener,
+        consumers,
+        webhooks,
+        streams,
+        token_cache,
+        sites[0],
+        pruner,
+        sites[1] if settings.metrics_listen else None,
     )
 
 
@@ -190,6 +234,10 @@ def build(
     else:
         for inherited in worker.ports:
             AdoptedPortService(reactor, inherited, parts.site).setServiceParent(root)
+    if parts.metrics_site is not None and settings.metrics_listen is not None:
+        # Bound by this process, even as a worker: each worker its own port.
+        endpoint = metrics_endpoint(settings.metrics_listen, None if worker is None else worker.number)
+        strports.service(endpoint, parts.metrics_site).setServiceParent(root)
     return root
 
 

@@ -22,11 +22,13 @@ from eventbus.http.consumers import ConsumersResource
 from eventbus.http.docs import DocsResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
+from eventbus.http.metrics import MetricsResource
 from eventbus.http.restore import Restorer
 from eventbus.http.router import Root
 from eventbus.http.streams import EventStreams
 from eventbus.http.subscriptions import SubscriptionsResource
 from eventbus.http.tokens import TokensResource
+from eventbus.metrics.exposition import Exposition
 from eventbus.model import Retention
 from eventbus.notifier import Notifier
 from eventbus.storage.channels import ChannelStore
@@ -53,6 +55,7 @@ def make_root(
     gate: Gate | None = None,
     channels: ChannelStore | None = None,
     retention: Retention | None = None,
+    metrics: Exposition | None = None,
     restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
@@ -67,6 +70,8 @@ def make_root(
     if channels is not None:
         restorer = None if restore is None else Restorer(restore, notifier, max_batch)
         routers[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router
+    if metrics is not None:
+        routers[b"metrics"] = MetricsResource(metrics).router
     # Last: the document describes the resources mounted above.
     docs = DocsResource(
         max_wait=max_wait, max_batch=max_batch, auth_mode=gate.mode if gate else OFF, mounted=set(routers)
@@ -77,3 +82,8 @@ def make_root(
     # Not part of the API (static files for browsers): not in /openapi.json.
     apps[CONSOLE_PREFIX] = ConsoleResource()
     return Root(apps, gate, routers)
+
+
+def make_metrics_root(metrics: Exposition, gate: Gate | None) -> Root:
+    """The root of ``--metrics-listen``: ``/metrics`` alone, behind the same gate."""
+    return Root({b"metrics": MetricsResource(metrics).router.resource()}, gate)

@@ -62,6 +62,19 @@ SECURITY_HEADERS = {
 #: Revalidate every time (cheap: a 304), so a new server version shows at once.
 CACHE_CONTROL = b"no-cache"
 ALLOWED_METHODS = b"GET, HEAD"
+#: The console's route patterns, as the metrics label its requests.
+ROUTES = ("/ui", "/ui/", "/ui/<file>")
+
+
+def route(path: str) -> str | None:
+    """The console's route pattern a (decoded) path matches, if any: ``/ui``
+    (the redirect), ``/ui/`` (the page), ``/ui/<file>`` (any one name: a
+    bounded label, whether the file exists or not)."""
+    if path in ("/ui", "/ui/"):
+        return path
+    if path.startswith("/ui/") and "/" not in path[4:]:
+        return "/ui/<file>"
+    return None
 
 
 @dataclass(frozen=True)

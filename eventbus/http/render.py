@@ -1,8 +1,8 @@
 """Response bodies: JSON answers, errors, and the resources' objects.
 
 Invariant: every complete answer the server sends goes through :func:`body`
-(a status, ``Content-Type: application/json`` and a ``Content-Length``, so
-nothing is chunked), and every error body is :func:`error_body` —
+(a status, ``Content-Type: application/json`` (the metrics: Prometheus
+text) and a ``Content-Length``, so nothing is chunked), and every error body is :func:`error_body` —
 ``{"error": "<message>"}``, with the error's ``details`` (JSON facts such
 as ``last_id``) beside it.  Handlers never build either by hand.
 
@@ -23,10 +23,11 @@ JSON = b"application/json"
 REASONS = {422: b"Unprocessable Content", 429: b"Too Many Requests"}
 
 
-def body(request: Request, data: bytes, status: int = 200) -> bytes:
-    """A complete JSON response (with Content-Length, so no chunking)."""
+def body(request: Request, data: bytes, status: int = 200, content_type: bytes = JSON) -> bytes:
+    """A complete response, JSON unless said otherwise (with Content-Length,
+    so no chunking)."""
     request.setResponseCode(status, REASONS.get(status))
-    request.setHeader(b"Content-Type", JSON)
+    request.setHeader(b"Content-Type", content_type)
     request.setHeader(b"Content-Length", b"%d" % len(data))
     return data
 

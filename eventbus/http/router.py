@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
@@ -58,7 +58,8 @@ from eventbus.errors import (
     Unavailable,
     Unprocessable,
 )
-from eventbus.http import access, params, render, requestid
+from eventbus.http import access, console, params, render, requestid
+from eventbus.metrics.values import UNMATCHED
 from eventbus.model import check_name
 
 log = Logger()
@@ -161,12 +162,50 @@ def not_found(request: Request) -> bytes:
     return render.error(request, 404, f"no such resource: {request.path.decode('latin-1')[:200]}")
 
 
+#: Where a request's route pattern is left, once its handler is called.
+_ROUTE = "_eventbus_route"
+
+
+def route_of(request: Request) -> str:
+    """The route pattern (``/events/<context>/<channel>``) a request was
+    served by, the one its path matches if it was answered before its
+    handler ran (refused by the gate, a method not allowed, a preflight),
+    else :data:`~eventbus.metrics.values.UNMATCHED`: the ``route`` label of
+    its metrics, never a raw path.  The console's files are not a Klein
+    app: :func:`eventbus.http.console.route` names theirs."""
+    route: str | None = getattr(request, _ROUTE, None)
+    if route is not None:
+        return route
+    if not isinstance(getattr(request, "path", None), bytes):
+        return UNMATCHED  # refused before its request line was read
+    path = unquote_to_bytes(request.path).decode("utf-8", "replace")
+    static = console.route(path)
+    if static is not None:
+        return static
+    method = request.method.decode("latin-1")
+    for router in Router.every:
+        adapter = router.url_map.bind("localhost")
+        try:
+            try:
+                rule, _ = adapter.match(path, method, return_rule=True)
+            except WerkzeugMethodNotAllowed as e:  # the route of a 405 (or a preflight)
+                rule, _ = adapter.match(path, sorted(e.valid_methods or ["GET"])[0], return_rule=True)
+        except (HTTPException, RequestRedirect):
+            continue
+        return str(rule.rule)
+    return UNMATCHED
+
+
 class Router(Klein):
     """A resource's Klein app: routes check their names, access and query
     parameters; errors render here."""
 
+    #: Every router made (one per resource class), for :func:`route_of`.
+    every: ClassVar[list[Router]] = []
+
     def __init__(self) -> None:
         super().__init__()
+        Router.every.append(self)
         self.handle_errors(EventBusError)(domain_error)
         self.handle_errors(HTTPException)(routing_error)
         self.handle_errors(Exception)(unexpected)
@@ -196,6 +235,7 @@ class Router(Klein):
             @functools.wraps(f)
             def checked(instance: Any, request: Request, *a: Any, **kw: Any) -> Any:
                 requestid.set_route(request, pattern)
+                setattr(request, _ROUTE, url)
                 for var, kind in names.items():
                     check_name(kind, kw[var])
                 if scoped:

@@ -16,7 +16,7 @@ log line of a request carries it too: in ``--log-format text`` at the end
 of Twisted's combined format, in ``json`` as a field beside the route
 pattern, the status and the duration.
 
-Access log lines never carry a token: :func:`access_log_line` replaces
+Access log lines never carry a token: :mod:`eventbus.http.accesslog` replaces
 every ``access_token=`` value and anything shaped like a token (in the
 request line or the ``Referer``) before a line is written anywhere.
 
@@ -35,27 +35,40 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any, cast
+from typing import Any, cast
 
-from twisted.internet import task
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from eventbus import logs
-from eventbus.auth import redact
 from eventbus.http import requestid
+from eventbus.http.accesslog import (
+    ACCESS_LOG_OFF,
+    ACCESS_LOG_STDOUT,
+    ACCESS_LOG_TWISTD,
+    BatchedLogFile,
+    access_fields,
+    access_log,
+    access_log_line,
+)
 from eventbus.http.connections import ConnectionBudget, connection_limit
 from eventbus.http.render import error_body
+from eventbus.http.router import route_of
 from eventbus.http.wire import drop_unsent
+from eventbus.metrics import HttpMetrics
 
 #: How long we keep reading (and discarding) an oversized upload after the
 #: 413 so the client reads our answer instead of a connection reset.
 DISCARD_GRACE_S = 2.0
 #: The response header naming the worker process that answered (``--workers``).
 WORKER_HEADER = b"X-Worker"
+
+
+#: The status counted for a request whose client left before its answer
+#: began (nginx's "client closed request").
+CLIENT_LEFT = 499
 
 
 class LimitedRequest(server.Request):
@@ -68,6 +81,22 @@ class LimitedRequest(server.Request):
         self.started = time.monotonic()
         requestid.of(self)
         super().process()
+
+    #: A status written straight to the transport (413, 408, 400), if any.
+    raw_status: int | None = None
+    _counted = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: When its first line arrived: what its duration is counted from.
+        self.began = time.monotonic()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # A request not finished: its client left (an SSE stream, a long poll), or
+        # it was refused on the wire; counted here, the finished ones by the site.
+        if not self.finished:
+            self._site.count(self)
+        super().connectionLost(reason)
 
     @property
     def _site(self) -> EventBusSite:
@@ -103,6 +132,7 @@ class LimitedRequest(server.Request):
 
     def _refuse(self) -> None:
         self._refused = True
+        self.raw_status = 413
         # No "100 Continue" after our final answer.
         self.requestHeaders.removeHeader(b"Expect")
         transport: Any = cast(Any, self.channel).transport
@@ -207,6 +237,7 @@ class JsonErrorChannel(http.HTTPChannel):
         self._deadline = None
         if self.requests and getattr(self.requests[-1], "_refused", False):
             return  # answered 413 already; that refusal closes the connection
+        self._raw_status(408)
         transport: Any = self.transport
         if transport is None:
             return
@@ -219,7 +250,13 @@ class JsonErrorChannel(http.HTTPChannel):
         self.loseConnection()
         self.site.reactor.callLater(DISCARD_GRACE_S, _abort, transport)
 
+    def _raw_status(self, status: int) -> None:
+        """The request being read is answered on the wire (its metrics say so)."""
+        if self.requests and isinstance(self.requests[-1], LimitedRequest):
+            self.requests[-1].raw_status = status
+
     def _respondToBadRequestAndDisconnect(self) -> None:
+        self._raw_status(400)
         assert self.transport is not None
         self.transport.write(
             _raw_error(
@@ -230,82 +267,6 @@ class JsonErrorChannel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._respondToBadRequestAndDisconnect()
-
-
-#: ``--access-log`` values that are not a path.
-ACCESS_LOG_TWISTD = "twistd"
-ACCESS_LOG_STDOUT = "-"
-ACCESS_LOG_OFF = "off"
-#: How often a batched access log is written out.
-ACCESS_LOG_FLUSH_S = 0.2
-ACCESS_LOG_MAX_BUFFER = 256 * 1024
-
-
-class BatchedLogFile:
-    """An access log written in batches: one write per ``interval`` (or per
-    256 KiB) instead of one per request, and no trip through the logging
-    system's per-event formatting.  Lines keep their order; at most
-    ``interval`` seconds of them are lost if the process is killed."""
-
-    def __init__(
-        self, stream: IO[str], reactor: Any, interval: float = ACCESS_LOG_FLUSH_S, owned: bool = True
-    ) -> None:
-        self.stream = stream
-        self.owned = owned
-        self._lines: list[str] = []
-        self._size = 0
-        self._loop = task.LoopingCall(self.flush)
-        self._loop.clock = reactor
-        self._loop.start(interval, now=False)
-
-    def write(self, line: str) -> None:
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size > ACCESS_LOG_MAX_BUFFER:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._lines:
-            data, self._lines, self._size = "".join(self._lines), [], 0
-            self.stream.write(data)
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-        self.flush()
-        if self.owned:
-            self.stream.close()
-
-
-def access_log_line(timestamp: str, request: Any) -> str:
-    """Twisted's combined log format, with tokens redacted, then the request's id in quotes."""
-    line: str = http.combinedLogFormatter(timestamp, request)
-    if "ebt_" in line or "access_token" in line.lower():
-        line = redact(line)
-    return f'{line} "{requestid.of(request)}"'
-
-
-access_log = Logger(namespace="eventbus.access")
-
-
-def access_fields(request: Any) -> dict[str, Any]:
-    """What the JSON access log says about a request (tokens redacted)."""
-    started = getattr(request, "started", None)
-    referer = request.getHeader(b"referer")
-    agent = request.getHeader(b"user-agent")
-    return {
-        "request_id": requestid.of(request),
-        "method": request.method.decode("latin-1"),
-        "path": redact(request.uri.decode("latin-1")),
-        "route": requestid.route_of(request),
-        "status": request.code,
-        "duration": None if started is None else round(time.monotonic() - started, 6),
-        "bytes": request.sentLength,
-        "peer": getattr(request.getClientAddress(), "host", None),
-        "user_agent": None if agent is None else agent.decode("latin-1"),
-        "referer": None if referer is None else redact(referer.decode("latin-1")),
-    }
 
 
 class EventBusSite(server.Site):
@@ -323,6 +284,7 @@ class EventBusSite(server.Site):
         request_timeout: float,
         max_connections: int | None = None,
         log_format: str = logs.TEXT,
+        metrics: HttpMetrics | None = None,
         worker: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -337,6 +299,8 @@ class EventBusSite(server.Site):
         self.access_log = access_log
         self.log_format = log_format
         self.request_timeout = request_timeout
+        #: Requests answered, by route pattern, method and status.
+        self.metrics = metrics if metrics is not None else HttpMetrics()
         self.worker_header = None if worker is None else str(worker).encode("ascii")
         self.connections = ConnectionBudget(
             connection_limit() if max_connections is None else max_connections
@@ -355,7 +319,10 @@ class EventBusSite(server.Site):
             )
 
     def log(self, request: Any) -> None:
-        """The access log line of a finished request (``--log-format json``: an object)."""
+        """Called by twisted.web once per finished request: counted, and its
+        access log line written (``--log-format json``: an object)."""
+        if isinstance(request, LimitedRequest):
+            self.count(request)
         if self.log_format != logs.JSON:
             super().log(request)
             return
@@ -368,6 +335,23 @@ class EventBusSite(server.Site):
         message = f"{fields['method']} {fields['path']} {fields['status']}"
         own = {"timestamp": logs.timestamp(time.time()), "level": "info", "logger": access_log.namespace}
         self._logFile.write(logs.line({**own, "message": message, **fields}).decode("utf-8"))
+
+    def count(self, request: LimitedRequest) -> None:
+        """Count a request once: finished, or lost (its client left, or it was
+        refused on the wire before it arrived)."""
+        if request._counted:
+            return
+        request._counted = True
+        if request.finished or request.startedWriting:
+            code = request.code
+        elif request.raw_status is not None:
+            code = request.raw_status
+        elif isinstance(getattr(request, "path", None), bytes):
+            code = CLIENT_LEFT
+        else:
+            return  # its client left before it even arrived: no request
+        method = request.method.decode("latin-1") if isinstance(request.method, bytes) else "other"
+        self.metrics.answered(route_of(request), method, code, time.monotonic() - request.began)
 
     def stopFactory(self) -> None:
         if isinstance(self._logFile, BatchedLogFile):

@@ -32,6 +32,7 @@ Layer rule: storage; SQL and nothing else.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eventbus.errors import Conflict, EventBusError, Unavailable, Unprocessable
+from eventbus.metrics import AppendMetrics
 from eventbus.model import Appended, Event, PublishCondition
 from eventbus.storage.database import Database, Row, is_outage, within
 from eventbus.storage.notify import notify_sql
@@ -92,7 +94,9 @@ Outcome = Appended | EventBusError
 class ConditionalAppends:
     """Group commit of conditional appends (see the module docstring)."""
 
-    def __init__(self, database: Database, announce: Announce, window_s: float) -> None:
+    def __init__(
+        self, database: Database, announce: Announce, window_s: float, metrics: AppendMetrics | None = None
+    ) -> None:
         self.database = database
         self.reactor = database.reactor
         #: Told of every committed append, before its requester (the event
@@ -100,6 +104,8 @@ class ConditionalAppends:
         self.announce = announce
         #: Seconds a key is remembered (``--idempotency-window``).
         self.window_s = window_s
+        #: Shared with the plain path's store (:mod:`.events`): one count of publishes.
+        self.metrics = metrics if metrics is not None else AppendMetrics(by_context=False)
         self._queue: deque[_Conditional] = deque()
         self._flushing = 0
 
@@ -126,6 +132,7 @@ class ConditionalAppends:
         key used with another body or issuer; nothing is stored then.
         """
         item = _Conditional(context, channel, issuer, payloads, condition)
+        self.metrics.batch_size.observe(len(payloads))
         self._queue.append(item)
         if self._flushing < MAX_FLUSHES_IN_FLIGHT:
             self._flush()
@@ -168,9 +175,10 @@ class ConditionalAppends:
         ordered = sorted(group, key=lambda item: (item.context, item.channel))
         params = _params(ordered, self.window_s)
         try:
+            sent = time.perf_counter()
             d = self.database.pool().runQuery(CHECKED_SQL, params)
             # Announced when it commits, even after the requesters got their 503.
-            d.addCallback(self._committed, ordered)
+            d.addCallback(self._committed, ordered, sent)
             outcomes: list[tuple[_Conditional, Outcome]] = await within(
                 self.reactor, d, self.database.timeout
             )
@@ -183,8 +191,7 @@ class ConditionalAppends:
             error: BaseException = e
             if is_outage(e):
                 if not isinstance(e, Unavailable):
-                    log.warn("database unavailable: {error!r}", error=e)
-                    error = Unavailable("database unavailable")
+                    error = self.database.unavailable(e)
                 group = group + list(self._queue)
                 self._queue.clear()
             for item in group:
@@ -196,9 +203,12 @@ class ConditionalAppends:
             else:
                 item.succeed(outcome)
 
-    def _committed(self, rows: list[Row], ordered: list[_Conditional]) -> list[tuple[_Conditional, Outcome]]:
+    def _committed(
+        self, rows: list[Row], ordered: list[_Conditional], sent: float
+    ) -> list[tuple[_Conditional, Outcome]]:
         """The group committed: each request's outcome; stored events announced.
         Builds values only (raising here would retry a committed group)."""
+        self.metrics.committed(time.perf_counter() - sent, len(ordered))
         done: list[tuple[_Conditional, Outcome]] = []
         for ord_, outcome, first_id, ts, last_id in rows:
             item = ordered[ord_ - 1]
@@ -207,6 +217,8 @@ class ConditionalAppends:
                 events = [Event(first_id + i, ts, item.issuer, p) for i, p in enumerate(item.payloads)]
                 if outcome == "stored":
                     self.announce(item.context, item.channel, events)
+                else:
+                    self.metrics.replays.add(item.context)
                 result = Appended(events, replayed=outcome == "replay")
             elif outcome == "conflict":
                 result = Conflict(

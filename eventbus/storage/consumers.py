@@ -144,11 +144,12 @@ class ConsumerStore:
                 "   AND (e.state = 'available' OR e.lease_until <= %(now)s)",
                 q,
             )
+            dead = max(0, cur.rowcount)
             for _ in range(LEASE_ATTEMPTS):
                 backlog = await self._backlog(cur, q)
                 chosen = choose(backlog)
                 if chosen is None:
-                    return LeaseOutcome(backlog, None)
+                    return LeaseOutcome(backlog, None, dead)
                 q["id"], q["token"] = chosen, token(chosen)
                 if chosen >= next_new:
                     assert chosen == next_new <= backlog.head
@@ -163,7 +164,7 @@ class ConsumerStore:
                         "UPDATE consumers SET next_new = %(id)s + 1, missed = 0 WHERE id = %(cid)s", q
                     )
                     leased = Leased(event_id=chosen, token=q["token"], deliveries=1, missed=row.missed)
-                    return LeaseOutcome(backlog, leased)
+                    return LeaseOutcome(backlog, leased, dead)
                 # Re-checked against the row's latest version: an ack or nack
                 # that committed meanwhile makes this match nothing.
                 await cur.execute(
@@ -180,8 +181,8 @@ class ConsumerStore:
                     if row.missed:
                         await cur.execute("UPDATE consumers SET missed = 0 WHERE id = %(cid)s", q)
                     leased = Leased(chosen, q["token"], deliveries=updated[0][0], missed=row.missed)
-                    return LeaseOutcome(backlog, leased)
-            return LeaseOutcome(backlog._replace(next_change_s=0.0), None)
+                    return LeaseOutcome(backlog, leased, dead)
+            return LeaseOutcome(backlog._replace(next_change_s=0.0), None, dead)
 
         return await self.database.transaction(work)
 
@@ -213,9 +214,10 @@ class ConsumerStore:
 
     async def nack(
         self, context: str, channel: str, name: str, event_id: int, token: str, delay_s: float
-    ) -> bool:
-        """Put an unexpired lease's event back (after ``delay_s``); False if
-        there is no such lease.  Dead at once if it used up its deliveries."""
+    ) -> str | None:
+        """Put an unexpired lease's event back (after ``delay_s``): its new
+        state, ``available``, or ``dead`` if it used up its deliveries; None
+        if there is no such lease."""
         rows = await self.database.query(
             "WITH back AS ("
             "  UPDATE consumer_events e"
@@ -239,7 +241,7 @@ class ConsumerStore:
                 "delay": delay_s,
             },
         )
-        return bool(rows)
+        return str(rows[0][0]) if rows else None
 
     # -- configuration ----------------------------------------------------------
     async def configure(self, context: str, channel: str, name: str, config: ConsumerConfig) -> bool:

@@ -5,9 +5,12 @@ fails with :class:`eventbus.errors.Unavailable`; an outage, a dead
 connection or a slow server look the same to every caller above (a 503, a
 retry), never a hang and never a driver exception.
 
-Connections heal themselves: each one carries txpostgres' dead-connection
-detector, which reconnects with the backoff of :data:`eventbus.retry.RECONNECT`,
-and the pool hands out live connections before dead ones.
+Connections heal themselves (:mod:`.connection`): each one carries
+txpostgres' dead-connection detector, which reconnects with the backoff of
+:data:`eventbus.retry.RECONNECT`, and the pool hands out live connections
+before dead ones.  An outage is logged once per process, when the first
+connection is lost (:class:`~.connection.Outages`); the 503s it causes
+meanwhile are not logged one by one.
 
 Named transactions: :meth:`Database.query` and :meth:`Database.transaction`
 are the only ways in; the storage modules (:mod:`.events`, :mod:`.consumers`,
@@ -24,11 +27,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Coroutine
-from itertools import chain
 from typing import Any, TypeAlias, TypeVar
 
 import psycopg2
-import psycopg2.errors
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -36,15 +37,12 @@ from twisted.python.failure import Failure
 from txpostgres import reconnection, txpostgres
 
 from eventbus.errors import Unavailable
-from eventbus.retry import RECONNECT, delays
+from eventbus.storage.connection import Outages, close_for_good, connect_kwargs, make_connection
 
 log = Logger()
 
 #: How long a request may wait for the database before it gets a 503.
 QUERY_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 5
-#: What ``pg_stat_activity`` shows for our connections.
-APPLICATION_NAME = "eventbus"
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -81,17 +79,6 @@ def select_list(cls: Any, **columns: str) -> str:
     return ", ".join(f"{columns[name]} AS {name}" for name in given)
 
 
-def is_dead(f: Failure) -> bool:
-    """Does this failure mean the connection itself is gone?
-
-    txpostgres' default treats every ``OperationalError`` as a dead
-    connection; deadlocks and cancellations are not.
-    """
-    if f.check(psycopg2.errors.TransactionRollbackError, psycopg2.errors.QueryCanceled):
-        return False
-    return bool(f.check(psycopg2.InterfaceError, psycopg2.OperationalError))
-
-
 def is_outage(e: BaseException) -> bool:
     """Is this error the database being away (rather than a bad statement)?"""
     return isinstance(
@@ -106,54 +93,19 @@ def is_outage(e: BaseException) -> bool:
     )
 
 
-def make_connection(reactor: IReactorTime) -> txpostgres.Connection:
-    """A txpostgres connection that reconnects by itself with backoff."""
-    detector = reconnection.DeadConnectionDetector(
-        deathChecker=is_dead,
-        # The first attempt at once, then the policy's delays.
-        reconnectionIterator=lambda: chain([0.0], delays(RECONNECT)),
-        reactor=reactor,
-    )
-    return txpostgres.Connection(reactor, detector=detector)
-
-
-def close_for_good(conn: txpostgres.Connection) -> None:
-    """Close a self-reconnecting connection so it stays closed."""
-    conn.detector.deathChecker = lambda f: False
-    conn.detector.reconnect = lambda: defer.succeed(None)  # a retry under way ends
-    for handler in conn.detector.getRecoveryHandlers():
-        conn.detector.removeRecoveryHandler(handler)
-    try:
-        if conn.pollable() is not None:
-            conn.close()
-    except Exception:
-        pass
-
-
-def connect_kwargs(dsn: str) -> dict[str, Any]:
-    return {
-        "dsn": dsn,
-        "connect_timeout": CONNECT_TIMEOUT_S,
-        "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
-        "application_name": APPLICATION_NAME,
-    }
-
-
 class _Pool(txpostgres.ConnectionPool):
     """txpostgres' pool, with self-healing connections that are skipped while dead."""
 
-    def __init__(self, reactor: IReactorTime, dsn: str, size: int) -> None:
+    def __init__(self, reactor: IReactorTime, dsn: str, size: int, outages: Outages) -> None:
         self.reactor = reactor
+        self.outages = outages
         self.min = size
         #: every connection, idle or checked out (txpostgres keeps only the idle)
         self._all: list[txpostgres.Connection] = []
         super().__init__(None, **connect_kwargs(dsn))
 
     def connectionFactory(self, reactor: Any, cooperator: Any) -> txpostgres.Connection:
-        conn = make_connection(reactor)
+        conn = make_connection(reactor, self.outages)
         self._all.append(conn)
         return conn
 
@@ -163,6 +115,10 @@ class _Pool(txpostgres.ConnectionPool):
         and start reconnecting to a database that is shutting down."""
         for conn in self._all:
             close_for_good(conn)
+
+    def busy_and_idle(self) -> tuple[int, int]:
+        idle = len(self.connections)
+        return len(self._all) - idle, idle
 
     def backend_pids(self) -> frozenset[int]:
         # Not cached: a dead connection's pid may be reused by another
@@ -209,11 +165,13 @@ class Database:
         self.dsn = dsn
         self.pool_size = pool_size
         self.timeout = timeout
+        #: This process's lost connections (the LISTEN one reports here too).
+        self.outages = Outages(reactor.seconds)
         self._pool: _Pool | None = None
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
-        pool = _Pool(self.reactor, self.dsn, self.pool_size)
+        pool = _Pool(self.reactor, self.dsn, self.pool_size, self.outages)
         try:
             await pool.start()
         except BaseException:
@@ -227,6 +185,10 @@ class Database:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+    def connections(self) -> tuple[int, int]:
+        """The pool's connections: (busy, idle)."""
+        return self._pool.busy_and_idle() if self._pool is not None else (0, 0)
 
     def backend_pids(self) -> frozenset[int]:
         """Server process ids of the pool's live connections, so the notifier
@@ -270,8 +232,14 @@ class Database:
         except Exception as e:
             if not is_outage(e):
                 raise
-            log.warn("database unavailable: {error!r}", error=e)
-            raise Unavailable("database unavailable") from None
+            raise self.unavailable(e) from None
+
+    def unavailable(self, error: BaseException) -> Unavailable:
+        """The error to raise for an outage ``error``; logged unless it is
+        part of an outage logged already (a lost connection)."""
+        if not self.outages.down:
+            log.warn("database unavailable: {error!r}", error=error)
+        return Unavailable("database unavailable")
 
 
 def within(reactor: IReactorTime, d: defer.Deferred[T], seconds: float) -> defer.Deferred[T]:

@@ -30,6 +30,7 @@ Layer rule: storage; SQL and nothing else.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from eventbus.errors import Unavailable
+from eventbus.metrics import AppendMetrics
 from eventbus.model import ChannelKey, Event, Pruned
 from eventbus.storage import pages
 from eventbus.storage.database import Database, Row, is_outage, select_list, within
@@ -113,9 +115,11 @@ AppendObserver = Callable[[str, str, list[Event]], None]
 class EventStore:
     """Appends (group commit) and reads of the event log."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, metrics: AppendMetrics | None = None) -> None:
         self.database = database
         self.reactor = database.reactor
+        #: What publishes and group commits are counted in (both paths).
+        self.metrics = metrics if metrics is not None else AppendMetrics(by_context=False)
         self._queue: deque[_Append] = deque()
         self._flushing = 0
         #: Told of every committed append, before its requester: the
@@ -137,6 +141,7 @@ class EventStore:
         this append has committed, and after :attr:`on_append` was told.
         """
         item = _Append(context, channel, issuer, payloads)
+        self.metrics.batch_size.observe(len(payloads))
         self._queue.append(item)
         if self._flushing < MAX_FLUSHES_IN_FLIGHT:
             self._flush()
@@ -201,11 +206,12 @@ class EventStore:
             "issuers": list(issuers),
         }
         try:
+            sent = time.perf_counter()
             d = self.database.pool().runQuery(APPEND_SQL, params)
             # Announced when it commits, even after the requesters got their
             # 503 (the database was slow): the NOTIFY echo of our own commit
             # is skipped, so this is this process's only word of it.
-            d.addCallback(self._committed, by_channel, dict(zip(keys, counts, strict=True)))
+            d.addCallback(self._committed, by_channel, dict(zip(keys, counts, strict=True)), sent, len(group))
             done = await within(self.reactor, d, self.database.timeout)
         except Exception as e:
             if len(group) > 1 and not is_outage(e):
@@ -216,8 +222,7 @@ class EventStore:
             error: BaseException = e
             if is_outage(e):
                 if not isinstance(e, Unavailable):
-                    log.warn("database unavailable: {error!r}", error=e)
-                    error = Unavailable("database unavailable")
+                    error = self.database.unavailable(e)
                 # What queued behind this group would only wait for the
                 # same outage: answer it now rather than one timeout later.
                 group = group + list(self._queue)
@@ -229,9 +234,15 @@ class EventStore:
             item.succeed(events)
 
     def _committed(
-        self, rows: list[Row], by_channel: dict[ChannelKey, list[_Append]], count_of: dict[ChannelKey, int]
+        self,
+        rows: list[Row],
+        by_channel: dict[ChannelKey, list[_Append]],
+        count_of: dict[ChannelKey, int],
+        sent: float,
+        appends: int,
     ) -> list[tuple[_Append, list[Event]]]:
         """A group committed: its events per append, announced to :attr:`on_append`."""
+        self.metrics.committed(time.perf_counter() - sent, appends)
         done = []
         for context, channel, last_id, ts in rows:
             base = last_id - count_of[(context, channel)]
@@ -245,6 +256,7 @@ class EventStore:
     def announce(self, context: str, channel: str, events: list[Event]) -> None:
         """Tell :attr:`on_append` of committed events (of any append path);
         never raises: the events are committed whatever it does."""
+        self.metrics.published.add(context, len(events))
         if self.on_append is not None:
             try:
                 self.on_append(context, channel, events)

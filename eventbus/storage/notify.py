@@ -34,7 +34,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from txpostgres import txpostgres
 
-from eventbus.storage.database import close_for_good, connect_kwargs, make_connection
+from eventbus.metrics import ListenerMetrics
+from eventbus.storage.connection import Outages, close_for_good, connect_kwargs, make_connection
+from eventbus.storage.database import is_outage
 
 log = Logger()
 
@@ -98,9 +100,16 @@ class Listener:
         on_notification: Callable[[Notification], None],
         on_recovered: Callable[[], None],
         on_token_changed: Callable[[str], None] | None = None,
+        outages: Outages | None = None,
+        metrics: ListenerMetrics | None = None,
     ) -> None:
+        """``outages``: the process's (:attr:`Database.outages`), so that an
+        outage is logged once for every connection; ``metrics``: where
+        notifications and reconnects are counted."""
         self.reactor = reactor
         self.dsn = dsn
+        self.outages = outages if outages is not None else Outages(reactor.seconds)
+        self.metrics = metrics if metrics is not None else ListenerMetrics()
         self.on_notification = on_notification
         self.on_recovered = on_recovered
         self.on_token_changed = on_token_changed
@@ -112,7 +121,7 @@ class Listener:
         return self._conn is not None and not self._conn.detector.connectionIsDead
 
     async def start(self) -> None:
-        conn = make_connection(self.reactor)
+        conn = make_connection(self.reactor, self.outages)
         await conn.connect(**connect_kwargs(self.dsn))
         conn.addNotifyObserver(self._observe)
         conn.detector.addRecoveryHandler(self._recovered)
@@ -135,6 +144,7 @@ class Listener:
             await conn.runOperation(f"LISTEN {TOKENS_CHANNEL}")
 
     def _observe(self, notify: Any) -> None:
+        self.metrics.notifications.value += 1
         if notify.channel == TOKENS_CHANNEL and self.on_token_changed is not None:
             self.on_token_changed(notify.payload)
             return
@@ -147,9 +157,16 @@ class Listener:
         self.on_notification(notification)
 
     async def _recovered(self) -> None:
-        log.info("LISTEN connection re-established; re-checking waiting channels")
         assert self._conn is not None
-        await self._listen(self._conn)
+        try:
+            await self._listen(self._conn)
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            # Lost again at once: its detector reconnects and calls us again.
+            return
+        log.info("LISTEN connection re-established; re-checking waiting channels")
+        self.metrics.reconnects.value += 1
         self.on_recovered()
 
     def _probe(self) -> None:

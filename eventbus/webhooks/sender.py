@@ -17,6 +17,7 @@ Layer rule: the webhooks package; no SQL, no HTTP server code.
 
 from __future__ import annotations
 
+import time
 from http.cookiejar import CookieJar
 from typing import Any, cast
 
@@ -32,6 +33,8 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from eventbus import __version__
+from eventbus.metrics import WebhookMetrics
+from eventbus.metrics.values import WEBHOOK_OUTCOMES
 from eventbus.retry import sleep
 from eventbus.webhooks.addresses import AddressRefused, CheckedEndpointFactory
 from eventbus.webhooks.pool import ConnectionPool, FileLimit, files_reserve
@@ -49,6 +52,8 @@ MAX_RESPONSE_BODY = 64 * 1024
 #: While near the open-files limit, look again this often.
 FILES_WAIT_S = 0.25
 USER_AGENT = f"eventbus-webhooks/{__version__}".encode()
+#: How an attempt ended, as counted (:data:`eventbus.metrics.values.WEBHOOK_OUTCOMES`).
+SUCCESS, HTTP_ERROR, NETWORK, TIMEOUT, REFUSED = WEBHOOK_OUTCOMES
 
 
 class _NoCookies(CookieJar):
@@ -87,6 +92,20 @@ def _cancelled(failure: Failure) -> bool:
     return any(_cancelled(reason) for reason in reasons)
 
 
+def classify(failure: Failure) -> str:
+    """The outcome a failed attempt is counted under (``webhook_attempts_total``):
+    ``timeout`` (no connection or no answer in time), ``refused`` (the address
+    policy refused the receiver's address), else ``network``."""
+    e = failure.value
+    if isinstance(e, (ResponseNeverReceived, ResponseFailed)) and e.reasons:
+        return classify(e.reasons[0])
+    if isinstance(e, (defer.TimeoutError, error.TimeoutError, error.TCPTimedOutError)):
+        return TIMEOUT
+    if isinstance(e, AddressRefused):
+        return REFUSED
+    return NETWORK
+
+
 def describe(failure: Failure) -> str:
     """A short human text for a failed attempt, kept in the status."""
     e = failure.value
@@ -109,8 +128,12 @@ def describe(failure: Failure) -> str:
 class Sender:
     """POSTs signed events, at most ``concurrency`` attempts at once."""
 
-    def __init__(self, reactor: Any, allow_private: bool, concurrency: int) -> None:
+    def __init__(
+        self, reactor: Any, allow_private: bool, concurrency: int, metrics: WebhookMetrics | None = None
+    ) -> None:
         self.reactor = reactor
+        #: Attempts counted by outcome, and how long they took.
+        self.metrics = metrics if metrics is not None else WebhookMetrics()
         self.pool = ConnectionPool(reactor, concurrency)
         self.files = FileLimit(reactor, own=lambda: self.pool.sockets)
         self.slots = defer.DeferredSemaphore(concurrency)
@@ -133,7 +156,11 @@ class Sender:
         release = True
         try:
             await self._room_for_files()
-            response, problem = await self._send(url, key, msg_id, body, missed)
+            started = time.perf_counter()
+            response, problem, outcome = await self._send(url, key, msg_id, body, missed)
+            if response is not None:
+                outcome = SUCCESS if 200 <= response.code < 300 else HTTP_ERROR
+            self.metrics.attempted(outcome, time.perf_counter() - started)
             if response is None:
                 return None, problem
             release = False  # the slot is held until the body is read
@@ -147,7 +174,8 @@ class Sender:
 
     async def _send(
         self, url: str, key: bytes, msg_id: str, body: bytes, missed: int
-    ) -> tuple[Any, str | None]:
+    ) -> tuple[Any, str | None, str]:
+        """(the response, None, SUCCESS) or (None, what went wrong, its outcome)."""
         timestamp = int(self.reactor.seconds())
         headers = Headers(
             {
@@ -167,7 +195,8 @@ class Sender:
                 "POST", url, data=_Body(body), headers=headers, allow_redirects=False, unbuffered=True
             )
         except Exception:
-            return None, describe(Failure())
+            failure = Failure()
+            return None, describe(failure), classify(failure)
         timed_out = False
 
         def expire() -> None:
@@ -177,17 +206,17 @@ class Sender:
 
         timer = self.reactor.callLater(REQUEST_TIMEOUT_S, expire)
         try:
-            return await request, None
+            return await request, None, SUCCESS
         except Exception:
             # Cancelling a request fails it with CancelledError, or with a
             # ResponseNeverReceived that wraps one: ours after the timeout,
             # or the delivery's being stopped.
             failure = Failure()
             if timed_out:
-                return None, NO_RESPONSE
+                return None, NO_RESPONSE, TIMEOUT
             if _cancelled(failure):
                 raise defer.CancelledError() from None
-            return None, describe(failure)
+            return None, describe(failure), classify(failure)
         finally:
             if timer.active():
                 timer.cancel()

@@ -28,6 +28,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from eventbus.errors import Unavailable
+from eventbus.metrics import WebhookMetrics
 from eventbus.model import Start, SubscriptionState
 from eventbus.notifier import Notifier
 from eventbus.storage.events import EventStore
@@ -58,6 +59,7 @@ class WebhookService(service.Service):
         lease: float,
         concurrency: int,
         channel_concurrency: int,
+        metrics: WebhookMetrics | None = None,
     ) -> None:
         """``lease``: how long a claim on a subscription holds without
         renewal (renewed every third of it); ``concurrency``: channels
@@ -77,7 +79,7 @@ class WebhookService(service.Service):
         self.turns = defer.DeferredSemaphore(concurrency)
         #: Names this process in ``owner`` columns (and in the status).
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.sender = Sender(reactor, allow_private, concurrency)
+        self.sender = Sender(reactor, allow_private, concurrency, metrics)
         self._owned: dict[int, OwnedSubscription] = {}
         self._scanner: task.LoopingCall | None = None
         self._scanning: defer.Deferred[None] | None = None

@@ -23,7 +23,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
 from eventbus.storage.embedded import EmbeddedPostgres
-from tests.client import Response, get, publish
+from tests.client import Response, get, publish, request
 from tests.servers import ServerProcess
 
 CTX = "outage"
@@ -281,3 +281,73 @@ async def test_a_hung_database_gives_503s_not_hangs(servers, db_up, channel_name
     await wait_healthy(a)
     r = await publish(a.base, CTX, channel_name, {"n": 3})
     assert r.code == 201, r
+
+
+def _metric(text: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return sample.value
+    raise AssertionError(f"no {name} in the exposition")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_is_one_warning_per_process_no_traceback_and_its_503s_are_counted(
+        servers, db_up, channel_name):
+    """txpostgres used to log every lost connection as "Unhandled Error" with a
+    traceback (idle ones from the reactor, transactions from a failed ROLLBACK)."""
+    a, b = servers
+    pg = db_up
+    marks = [len(s.log_path.read_bytes()) for s in servers]
+    r = await request("PUT", a.url(f"/consumers/{CTX}/{channel_name}/c"), json_body={"mode": "shared"})
+    assert r.code == 201, r
+    before = (await get(a.url("/metrics"))).body.decode()
+    unavailable = 0  # the 503s server A gives this test
+
+    async def load(server: ServerProcess) -> None:
+        """Publishes and leasing transactions, in flight when the database stops."""
+        nonlocal unavailable
+        while not stopping:
+            for r in (await publish(server.base, CTX, channel_name, {"n": 1}),
+                      await request("POST", server.url(f"/consumers/{CTX}/{channel_name}/c/next?timeout=0"))):
+                assert r.code in (200, 201, 204, 503), r
+                unavailable += server is a and r.code == 503
+
+    stopping = False
+    loads = [defer.ensureDeferred(load(s)) for s in servers for _ in range(2)]
+    await sleep(0.5)
+    await stop_db(pg)
+    await sleep(1.0)
+    stopping = True
+    await defer.gatherResults(loads)
+    await restart_db(pg)
+    await wait_healthy(b)
+    while True:  # wait_healthy(a), counting its 503s
+        r, _ = await timed(get(a.url("/health"), persistent=False), FAST_503_S)
+        if r.code == 200:
+            break
+        unavailable += r.code == 503
+        await sleep(0.2)
+
+    def new_lines(i: int) -> str:
+        return servers[i].log_path.read_bytes()[marks[i]:].decode(errors="replace")
+
+    deadline = time.monotonic() + RECOVERY_S
+    while not all("database connections re-established" in new_lines(i) for i in range(2)):
+        assert time.monotonic() < deadline, f"no recovery line:\n{new_lines(0)}\n{new_lines(1)}"
+        await sleep(0.2)
+    for i in range(2):
+        text = new_lines(i)
+        assert "Traceback" not in text and "Unhandled" not in text, text
+        assert text.count("database connection lost") == 1, text
+        assert text.count("database connections re-established") == 1, text
+        assert "database unavailable: " not in text, text  # the 503s are not logged one by one
+    after = (await get(a.url("/metrics"))).body.decode()
+    assert unavailable > 0
+    assert _metric(after, "eventbus_db_unavailable_total") - _metric(
+        before, "eventbus_db_unavailable_total") == unavailable
+    assert _metric(after, "eventbus_listener_reconnects_total") - _metric(
+        before, "eventbus_listener_reconnects_total") == 1
+    assert _metric(after, "eventbus_listener_connected") == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,7 @@ from typing import Iterator
 import psycopg2
 import pytest
 import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 
 from eventbus.storage.embedded import EmbeddedPostgres
@@ -296,3 +298,58 @@ async def test_each_workers_token_cache_hears_a_creation_and_a_revocation(dsn, t
         assert seen == {"1": {401}, "2": {401}}
     finally:
         assert proc.stop() == 0, proc.log_tail()
+
+
+def two_free_ports() -> int:
+    """A loopback port P with P + 1 free too (--metrics-listen of two workers)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+async def get_when_listening(url: str):
+    """GET, retrying while nothing listens yet (a worker's metrics port opens
+    right after its share of the main port)."""
+    for _ in range(MAX_TRIES):
+        try:
+            return await get(url, persistent=False)
+        except ConnectionRefusedError:
+            await sleep(0.1)
+    raise AssertionError(f"nothing listens at {url}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_metrics_listen_each_worker_is_scraped_on_a_port_of_its_own(dsn, tmp_path, channel_name):
+    port = two_free_ports()
+    proc = ServerProcess(["--dsn", dsn, "--workers", "2", "--metrics-listen", f"tcp:{port}:interface=127.0.0.1"],
+                         tmp_path)
+    proc.start()
+    try:
+        assert await answering_workers(proc, {"1", "2"}) == {"1", "2"}
+        # Published on fresh connections: the kernel spreads them over both workers.
+        sent = 30
+        for n in range(sent):
+            r = await request("POST", proc.url(f"/events/{CTX}/{channel_name}"), json_body={"n": n},
+                              headers={"X-EVENT-ISSUER": "tests"}, persistent=False)
+            assert r.code == 201, r
+        published = {}
+        for worker in (1, 2):
+            base = f"http://127.0.0.1:{port + worker - 1}"
+            r = await get_when_listening(base + "/metrics")
+            assert r.code == 200, r
+            assert r.header("X-Worker") == str(worker)  # this port is this worker's alone
+            assert r.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+            published[worker] = sum(
+                s.value for family in text_string_to_metric_families(r.body.decode()) for s in family.samples
+                if s.name == "eventbus_events_published_total")
+            assert (await get(base + f"/events/{CTX}/{channel_name}", persistent=False)).code == 404  # metrics only
+        # Each worker counts what it stored: together, every publish, once.
+        assert sum(published.values()) == sent, published
+    finally:
+        proc.stop()

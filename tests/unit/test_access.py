@@ -19,6 +19,8 @@ from eventbus.auth import Action
 from eventbus.http.access import Gate
 from eventbus.http.api import make_root
 from eventbus.http.streams import EventStreams
+from eventbus.metrics import Metrics
+from eventbus.metrics.exposition import Exposition
 from eventbus.model import ChannelInfo, ConsumerStatus, Event, SubscriptionState
 from eventbus.tokens import Holds, TokenCache, TokenService
 from tests.unit.test_tokens import FakeTokenStore, done
@@ -137,7 +139,9 @@ class Api:
             max_batch=1000, max_wait=300.0, tokens=TokenService(self.tokens),  # type: ignore[arg-type]
             gate=Gate(mode, self.cache, self.cache.holds, ["https://app.example.com"]),
             channels=self.channels,  # type: ignore[arg-type]
+            metrics=Exposition(Metrics()),
         )
+        self.root = root
         self.treq = StubTreq(root)
 
     def token(self, *scopes: str, issuers: Optional[tuple[str, ...]] = None) -> str:
@@ -193,7 +197,10 @@ ROUTES = [
     ("GET", "/tokens", None, set()),
     ("GET", "/tokens/t0", None, set()),
     ("DELETE", "/tokens/t0", None, set()),
+    ("GET", "/metrics", None, {Action.METRICS}),
 ]
+#: Actions granted only on every context and channel, named alone as a scope.
+WHOLE = {Action.ADMIN: "admin", Action.METRICS: "metrics"}
 ISSUER = {"X-EVENT-ISSUER": "unit"}
 
 
@@ -210,14 +217,14 @@ def _id(value: Any) -> Any:
 def test_each_route_serves_exactly_the_actions_it_needs(route, action):
     method, path, body, allowed = route
     api = Api()
-    token = api.token(f"{action.value}:mkp/INVOICE" if action is not Action.ADMIN else "admin")
+    token = api.token(WHOLE.get(action, f"{action.value}:mkp/INVOICE"))
     code, headers, answer = api.call(method, path, token, body, ISSUER)
     if action in allowed or action is Action.ADMIN:
         assert code not in (401, 403, 500), (code, answer)
     else:
         assert code == 403, (code, answer)
-        needed = next(iter(sorted(allowed, key=list(Action).index)), None)
-        scope = "admin" if needed is None else f"{needed.value}:mkp/INVOICE"
+        needed = next(iter(sorted(allowed, key=list(Action).index)), Action.ADMIN)
+        scope = WHOLE.get(needed, f"{needed.value}:mkp/INVOICE")
         assert scope in answer["error"]
 
 
@@ -225,8 +232,8 @@ def test_each_route_serves_exactly_the_actions_it_needs(route, action):
 def test_each_route_refuses_a_scope_on_another_channel(route):
     method, path, body, allowed = route
     api = Api()
-    token = api.token(*(f"{a.value}:mkp/ORDER" for a in Action if a is not Action.ADMIN),
-                      *(f"{a.value}:other/*" for a in Action if a is not Action.ADMIN))
+    token = api.token(*(f"{a.value}:mkp/ORDER" for a in Action if a not in WHOLE),
+                      *(f"{a.value}:other/*" for a in Action if a not in WHOLE))
     code, _, answer = api.call(method, path, token, body, ISSUER)
     assert code == 403, (code, answer)
 

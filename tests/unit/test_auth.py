@@ -12,6 +12,8 @@ from eventbus.auth import ANY, LOCAL, OFF, REQUIRED, Action, Principal, Scope, p
 from eventbus.errors import Forbidden, InvalidInput
 
 ACTIONS = list(Action)
+#: The actions a scope may grant on some contexts or channels only.
+SCOPED = [a for a in Action if a is not Action.METRICS]
 #: (scope pattern, request context, request channel, matches?)
 PATTERNS = [
     ("mkp/INVOICE", "mkp", "INVOICE", True),
@@ -31,7 +33,7 @@ PATTERNS = [
 
 
 @pytest.mark.parametrize("granted, wanted, pattern",
-                         list(itertools.product(ACTIONS, ACTIONS, PATTERNS)),
+                         list(itertools.product(SCOPED, ACTIONS, PATTERNS)),
                          ids=lambda v: v if isinstance(v, str) else None)
 def test_a_scope_allows_exactly_its_action_or_admin_on_matching_names(granted, wanted, pattern):
     text, context, channel, matches = pattern
@@ -48,6 +50,34 @@ def test_admin_alone_allows_every_action_everywhere(action):
     assert scope == Scope(Action.ADMIN, ANY, ANY)
     assert str(scope) == "admin:*/*"
     assert scope.allows(action, "any", "thing") and scope.allows(action, "any", "*")
+
+
+@pytest.mark.parametrize("wanted, pattern", list(itertools.product(ACTIONS, PATTERNS)),
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_the_metrics_scope_allows_reading_metrics_and_nothing_else(wanted, pattern):
+    _, context, channel, _ = pattern
+    for text in ("metrics", "metrics:*/*"):
+        scope = parse_scope(text)
+        assert scope == Scope(Action.METRICS, ANY, ANY) and str(scope) == "metrics:*/*"
+        assert scope.allows(wanted, context, channel) is (wanted is Action.METRICS)
+        assert Principal(token="t", scopes=(scope,)).may(wanted, ANY, ANY) is (wanted is Action.METRICS)
+
+
+@pytest.mark.parametrize("text", ["metrics:mkp/INVOICE", "metrics:mkp/*", "metrics:*/INVOICE", "metrics:",
+                                  "metrics:*"])
+def test_a_metrics_scope_on_part_of_the_bus_is_invalid_input(text):
+    with pytest.raises(InvalidInput):
+        parse_scope(text)
+
+
+def test_only_a_metrics_or_admin_scope_on_everything_may_read_metrics():
+    auth.require_metrics(Principal(token="m", scopes=(parse_scope("metrics"),)))
+    auth.require_metrics(Principal(token="a", scopes=(parse_scope("admin"),)))
+    auth.require_metrics(auth.UNRESTRICTED)
+    for text in ("admin:ctx/*", "read:*/*", "manage:*/*", "publish:*/*", "consume:*/*"):
+        with pytest.raises(Forbidden) as e:
+            auth.require_metrics(Principal(token="a", scopes=(parse_scope(text),)))
+        assert e.value.scope == "metrics"
 
 
 @pytest.mark.parametrize("text", [

@@ -19,7 +19,8 @@ from twisted.scripts import twistd
 
 from eventbus import logs
 from eventbus.config import Options
-from eventbus.http.site import EventBusSite, access_fields, access_log_line
+from eventbus.http.accesslog import access_fields, access_log_line
+from eventbus.http.site import EventBusSite
 from tests.unit.test_site import DEADLINE_S, connect, site
 
 RID = re.compile(rb"X-Request-Id: ([^\r]+)\r\n")

@@ -23,6 +23,8 @@ from eventbus.http.api import make_root
 from eventbus.http.docs import content_security_policy, page
 from eventbus.http.router import route_pattern
 from eventbus.http.streams import EventStreams
+from eventbus.metrics.exposition import Exposition
+from eventbus.metrics.values import Metrics
 from eventbus.tokens import Holds
 from tests.unit.test_routing import RecordingNotifier, RecordingStore, _result
 
@@ -30,11 +32,10 @@ from tests.unit.test_routing import RecordingNotifier, RecordingStore, _result
 #: (the web console's static files under ``/ui/``, issue 13): the document
 #: leaves them out, and says so in its description.
 NON_API_MOUNTS = {console.PREFIX}
-#: Resources the document describes that this branch's server does not
-#: mount yet: ``/metrics`` (the metrics resource, issue 11, another branch).
-#: A server leaves the paths of unmounted resources out of its document;
-#: once ``make_root`` mounts it (and ``root()`` below passes it), empty this.
-NOT_MOUNTED_YET = {b"metrics"}
+#: Resources the document describes that ``root()`` below does not mount
+#: (none now): a server leaves the paths of unmounted resources out of its
+#: document (``make_root`` mounts ``/metrics`` only with an exposition).
+NOT_MOUNTED_YET: set[bytes] = set()
 #: Methods werkzeug answers for every rule by itself (HEAD for GET).
 IMPLICIT = {"HEAD", "OPTIONS"}
 
@@ -50,7 +51,7 @@ def root(mode: str = auth.LOCAL, max_wait: float = 300.0) -> Any:
         streams=EventStreams(store, notifier, clock, 15.0),
         consumers=Consumers(clock, store, store, notifier), webhooks=None,
         max_batch=1000, max_wait=max_wait, tokens=store, channels=store,
-        gate=Gate(mode, None, Holds(10)),
+        gate=Gate(mode, None, Holds(10)), metrics=Exposition(Metrics()),
     )
 
 
@@ -94,6 +95,22 @@ def test_only_the_resources_not_mounted_yet_are_left_out_of_the_served_document(
     served = described(served_document(root()))
     assert {openapi.first_segment(path) for path in set(whole) - set(served)} == NOT_MOUNTED_YET
     assert set(served) <= set(whole)
+
+
+def test_a_server_without_metrics_leaves_metrics_out_of_its_document():
+    store: Any = RecordingStore()
+    notifier: Any = RecordingNotifier()
+    from eventbus.consumers import Consumers
+
+    api = make_root(
+        database=store, events=store, conditional=store, notifier=notifier,
+        streams=EventStreams(store, notifier, Clock(), 15.0),
+        consumers=Consumers(Clock(), store, store, notifier), webhooks=None,
+        max_batch=1000, max_wait=300, gate=Gate(auth.LOCAL, None, Holds(10)),
+    )
+    paths = served_document(api)["paths"]
+    assert "/metrics" not in paths and "/tokens" not in paths and "/events/{context}/{channel}" in paths
+    assert routes(api) == described({"paths": paths})
 
 
 def test_the_metrics_route_is_described_as_the_prometheus_text_format():

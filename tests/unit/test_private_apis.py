@@ -1,11 +1,13 @@
 """The private Twisted APIs we rely on still exist and mean what we assume.
 
-Three places use them, each wrapped in one module: ``eventbus.__main__``
+Four places use them, each wrapped in one module: ``eventbus.__main__``
 (twistd's ``_SomeApplicationRunner``, to exit 0 after a clean SIGTERM),
 ``eventbus.http.wire`` (a TCP transport's write buffer, to send SSE chunks
-straight to the socket, and to free it when the connection is lost) and
+straight to the socket, and to free it when the connection is lost),
 ``eventbus.webhooks.pool`` (the pool interface Agent calls, and
-``HTTP11ClientProtocol``'s quiescent callback and state).  A Twisted upgrade that changes them fails here,
+``HTTP11ClientProtocol``'s quiescent callback and state) and
+``eventbus.storage.connection`` (txpostgres' ``Connection._runInteraction``
+and its detector's hooks, so that a lost connection logs no traceback).  A Twisted upgrade that changes them fails here,
 not in production.
 """
 
@@ -156,6 +158,59 @@ def test_an_http11_client_protocol_still_starts_quiescent_and_takes_its_callback
     protocol = HTTP11ClientProtocol(returned.append)
     assert protocol.state == "QUIESCENT"
     assert protocol._quiescentCallback == returned.append  # what it calls once a response is read
+
+
+def test_txpostgres_still_runs_a_transaction_through_the_method_our_connection_overrides():
+    import inspect
+
+    from txpostgres import reconnection, txpostgres
+
+    assert "self._doit(self._runInteraction" in inspect.getsource(txpostgres.Connection.runInteraction)
+    # Our copy of it: BEGIN, the work, COMMIT, ROLLBACK on failure, RollbackFailed.
+    source = inspect.getsource(txpostgres.Connection._runInteraction)
+    for step in ('execute("begin")', 'execute("commit")', '"rollback"', "RollbackFailed(self, f)"):
+        assert step in source, step
+    # The detector's hooks our Outages listen on: a new death starts
+    # reconnecting (once), a reconnection ends in connectionRecovered.
+    assert "self.startReconnecting(f)" in inspect.getsource(reconnection.DeadConnectionDetector.checkForDeadConnection)
+    assert "self.connectionRecovered()" in inspect.getsource(reconnection.DeadConnectionDetector.startReconnecting)
+    # The idle connection's read still goes through the polling mixin that raises.
+    assert "_PollingMixin.doRead(self)" in inspect.getsource(txpostgres.Connection.doRead)
+
+
+class _Gone:
+    """A descriptor whose read finds the server gone, as our connection answers it."""
+
+    def __init__(self) -> None:
+        self.lost: list[object] = []
+
+    def fileno(self) -> int:
+        return 1_000_000
+
+    def doRead(self) -> object:  # noqa: N802
+        from twisted.python.failure import Failure
+
+        return Failure(ConnectionResetError("server closed the connection"))
+
+    def connectionLost(self, reason: object) -> None:  # noqa: N802
+        self.lost.append(reason)
+
+
+def test_the_reactor_disconnects_a_descriptor_whose_read_returns_a_failure_without_logging():
+    from twisted.internet import pollreactor
+    from twisted.logger import globalLogPublisher
+
+    reactor = pollreactor.PollReactor()
+    gone = _Gone()
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        reactor._doReadOrWrite(gone, gone.fileno(), pollreactor.POLLIN)  # type: ignore[attr-defined]
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        reactor.waker.connectionLost(None)  # type: ignore[attr-defined]  # its pipe
+    assert len(gone.lost) == 1 and gone.lost[0].check(ConnectionResetError)  # type: ignore[attr-defined]
+    assert not logged
 
 
 def test_an_ssl_endpoint_string_still_keeps_its_tls_context_where_workers_look(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.python import usage
 
-from eventbus.config import DEFAULTS, Options, Settings, cpu_count, parse_workers
+from eventbus.config import DEFAULTS, Options, Settings, cpu_count, metrics_endpoint, parse_workers
 from eventbus.consumers import Consumers
 from eventbus.notifier import Notifier
 from eventbus.workers import Inherited, WorkerSpec, bind
@@ -50,6 +50,33 @@ def test_listen_dsn_goes_with_dsn():
     assert parse("--dsn", "host=x").listen_dsn is None
     with pytest.raises(usage.UsageError, match="--listen-dsn needs --dsn"):
         parse("--listen-dsn", "host=primary")
+
+
+@pytest.mark.parametrize("endpoint, worker, expected", [
+    ("tcp:9300", None, "tcp:9300"),
+    ("tcp:9300", 1, "tcp:9300"),
+    ("tcp:9300", 3, "tcp:9302"),
+    ("tcp:9300:interface=127.0.0.1", 2, "tcp:9301:interface=127.0.0.1"),
+    ("tcp6:port=9300:interface=\\:\\:1", 2, "tcp6:port=9301:interface=\\:\\:1"),
+    ("tcp:interface=127.0.0.1:port=9300", 4, "tcp:interface=127.0.0.1:port=9303"),
+])
+def test_each_worker_serves_its_metrics_on_the_given_port_plus_its_number_minus_one(endpoint, worker, expected):
+    assert parse("--workers", "4", "--metrics-listen", endpoint).metrics_listen == endpoint
+    assert metrics_endpoint(endpoint, worker) == expected
+
+
+@pytest.mark.parametrize("args", [
+    ["--metrics-listen", "unix:/tmp/m.sock"],
+    ["--metrics-listen", "ssl:9300"],
+    ["--metrics-listen", "tcp:interface=127.0.0.1"],
+    ["--metrics-listen", "tcp:http"],
+    ["--metrics-listen", "tcp:0", "--workers", "2"],
+    ["--metrics-listen", "tcp:65535", "--workers", "2"],
+])
+def test_a_metrics_endpoint_without_a_port_for_every_worker_is_a_usage_error(args):
+    with pytest.raises(usage.UsageError, match="--metrics-listen"):
+        parse(*args)
+    assert parse().metrics_listen is None
 
 
 def test_a_worker_gets_every_setting_of_its_parent():
