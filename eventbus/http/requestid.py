@@ -18,7 +18,7 @@ from typing import Any
 HEADER = b"X-Request-Id"
 VALID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}\Z")
 _ATTRIBUTE = "_eventbus_request_id"
-_ROUTE = "_eventbus_route"
+_ROUTE = "_eventbus_route_pattern"  # not router._ROUTE (the metrics label, in Klein form)
 
 
 def new() -> str:
