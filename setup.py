@@ -23,6 +23,8 @@ setup(
         # the web console (/ui/): served as they are, no build step
         "eventbus.http": ["static/*"],
         "eventbus": ["py.typed"],
+        # The page of GET /docs: served from the package, nothing from elsewhere.
+        "eventbus.http.openapi": ["docs.html"],
     },
     install_requires=[
         # [tls]: pyOpenSSL and service_identity, for --listen ssl:...
@@ -47,6 +49,10 @@ setup(
             "pytest>=7.4",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.2",
+            # The OpenAPI document: validated (tests/unit/test_openapi.py) and
+            # fuzzed against a live server (tests/integration/test_contract.py).
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=4.32,<5",
             # the console's browser tests drive Debian's chromium (no browser download)
             "playwright>=1.40",
         ],

@@ -234,8 +234,10 @@ def digest(token: str) -> str:
 
 
 def check_token_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidInput(f"a token name must match {NAME_PATTERN}")
+    """A token name: the channel-name charset, not made only of dots (its
+    URL, ``/tokens/{name}``, must reach it)."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or not name.strip("."):
+        raise InvalidInput(f"a token name must match {NAME_PATTERN} and not be made only of dots")
     return name
 
 

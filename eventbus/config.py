@@ -20,9 +20,10 @@ from typing import Any, ClassVar
 
 from twisted.python import usage
 
+from eventbus import logs
 from eventbus.auth import LOCAL, MODES, OFF, is_loopback
 from eventbus.errors import InvalidInput
-from eventbus.http.site import ACCESS_LOG_TWISTD
+from eventbus.http.accesslog import ACCESS_LOG_TWISTD
 from eventbus.model import Retention
 from eventbus.retention import check_max_age, check_max_events
 
@@ -82,6 +83,9 @@ class Settings:
     retention_interval: float = 10.0
     #: Seconds an ``Idempotency-Key`` is remembered per channel.
     idempotency_window: float = 86400.0
+    #: Longest ``timeout`` of a long poll (``peek``, a consumer's ``next``), seconds.
+    max_wait: float = 300.0
+    log_format: str = logs.TEXT  # "text" (twistd's lines) or "json" (one object a line)
     #: Split the counts of events published, pruned and replayed by context
     #: in the metrics (a label per context: only where contexts are few).
     metrics_context_labels: bool = False
@@ -119,6 +123,8 @@ MIN_RETENTION_INTERVAL_S = 0.1
 MAX_RETENTION_INTERVAL_S = 15.0
 #: Longest --idempotency-window accepted: ten years.
 MAX_IDEMPOTENCY_WINDOW_S = 315_360_000
+#: Longest --max-wait accepted: a day.
+MAX_MAX_WAIT_S = 86_400
 
 
 class Options(usage.Options):
@@ -181,6 +187,9 @@ class Options(usage.Options):
         ["idempotency-window", None, DEFAULTS.idempotency_window,
          "Seconds an Idempotency-Key is remembered in its channel: a publish repeating"
          " it within this time gets the first publish's answer.", float],
+        ["log-format", None, DEFAULTS.log_format, "How log lines are written: 'text' (twistd's"
+         " format) or 'json' (one JSON object a line: timestamp, level, logger, message, fields)."],
+        ["max-wait", None, DEFAULTS.max_wait, "Longest timeout (s) a peek or a consumer's next may ask for.", float],
         ["metrics-listen", None, None,
          "An extra endpoint (tcp:PORT) that serves only /metrics, with the same"
          " access rules; with --workers N, worker i listens on PORT + i - 1, so each"
@@ -269,6 +278,14 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--idempotency-window must be from 1 to {MAX_IDEMPOTENCY_WINDOW_S} seconds"
             )
+        if not 0 <= self["max-wait"] <= MAX_MAX_WAIT_S:
+            raise usage.UsageError(f"--max-wait must be from 0 to {MAX_MAX_WAIT_S} seconds")
+        if self["log-format"] not in logs.FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(logs.FORMATS)}")
+        if self["log-format"] == logs.JSON and self.parent is not None:  # None: parsed alone (tests)
+            if self.parent.get("logger"):
+                raise usage.UsageError("--log-format json and twistd's --logger both choose the log observer")
+            logs.log_through_json(self.parent)
 
     def settings(self) -> Settings:
         return Settings.from_options(self)

@@ -101,6 +101,24 @@ class Appended(NamedTuple):
     replayed: bool
 
 
+#: Largest integer a JSON number written with a fraction or an exponent
+#: (``5.0``, ``1e3``) can carry exactly, as a float.
+MAX_EXACT_FLOAT_INT = 2**53
+
+
+def json_integer(value: object) -> int | None:
+    """``value`` as an integer if JSON Schema calls it one (``5`` and ``5.0``
+    alike), else None.  A float is taken only while it is exact (up to
+    2^53): beyond, it may not be the number the client wrote."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_FLOAT_INT:
+        return int(value)
+    return None
+
+
 def check_name(kind: str, value: str) -> str:
     """``value`` if it is a valid name of a context, channel or consumer.
 

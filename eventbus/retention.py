@@ -39,7 +39,7 @@ from twisted.logger import Logger
 
 from eventbus.errors import InvalidInput, Unavailable
 from eventbus.metrics import PerContext
-from eventbus.model import Retention
+from eventbus.model import Retention, json_integer
 from eventbus.storage.retention import Due, RetentionStore
 
 log = Logger()
@@ -83,12 +83,13 @@ def check_max_age(value: object, name: str = "max_age", nullable: bool = True) -
 
 def check_max_events(value: object, name: str = "max_events", nullable: bool = True) -> int:
     """A ``max_events`` within bounds (an integer), or InvalidInput naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not MIN_MAX_EVENTS <= value <= MAX_MAX_EVENTS:
+    number = json_integer(value)
+    if number is None or not MIN_MAX_EVENTS <= number <= MAX_MAX_EVENTS:
         raise InvalidInput(
             f"{name} must be an integer from {MIN_MAX_EVENTS} to {MAX_MAX_EVENTS}"
             + (" or null (the server's default)" if nullable else "")
         )
-    return value
+    return number
 
 
 def effective(settings: Retention, defaults: Retention) -> tuple[Retention, dict[str, str]]:

@@ -145,6 +145,7 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
         consumers=consumers,
         webhooks=webhooks,
         max_batch=settings.max_batch,
+        max_wait=settings.max_wait,
         tokens=TokenService(token_store),
         gate=gate,
         channels=ChannelStore(database),
@@ -169,6 +170,7 @@ def assemble(settings: Settings, reactor: Any, worker: int | None = None) -> Par
             access_log=settings.access_log,
             request_timeout=settings.request_timeout,
             metrics=metrics.http,
+            log_format=settings.log_format,
             worker=worker,
             reactor=reactor,
         )

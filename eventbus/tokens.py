@@ -75,7 +75,7 @@ class TokenService:
             if (
                 isinstance(expires_in, bool)
                 or not isinstance(expires_in, (int, float))
-                or not (0 < expires_in <= MAX_EXPIRES_S)
+                or not (1 <= expires_in <= MAX_EXPIRES_S)
             ):
                 raise InvalidInput(f"expires_in must be a number of seconds from 1 to {MAX_EXPIRES_S}")
             expires = float(expires_in)

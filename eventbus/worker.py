@@ -4,7 +4,7 @@ It reads its :class:`~eventbus.workers.WorkerSpec` (number, settings,
 inherited sockets) from standard input, builds a whole server with
 :func:`eventbus.tap.build` whose ports adopt the parent's listening sockets
 (:class:`AdoptedPortService`), logs to standard output with ``worker N``
-on every line, says ``ready`` on its status pipe once it serves, and stops
+on every line (with ``--log-format json``: a ``worker`` field), says ``ready`` on its status pipe once it serves, and stops
 on ``SIGTERM`` (from the parent, or from the kernel when the parent dies).
 
 Layer rule: wiring, like :mod:`eventbus.tap`: may import everything.
@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import ILogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from eventbus import logs
 from eventbus.config import endpoint_parts
 from eventbus.workers import READY, STATUS_FD, Inherited, WorkerSpec
 
@@ -93,11 +94,19 @@ def main() -> int:
     _die_with_parent()
     spec = WorkerSpec.from_json(sys.stdin.buffer.read())
     label = f"worker {spec.number}"
-    text = textFileLogObserver(sys.stdout)
+    text: Any = textFileLogObserver(sys.stdout)
+    if spec.settings.log_format == logs.JSON:
+        text = logs.JsonLineObserver(sys.stdout)
 
     def observer(event: dict[str, Any]) -> None:
         system = event.get("log_system")
-        text({**event, "log_system": label if system in (None, "-") else f"{label} {system}"})
+        text(
+            {
+                **event,
+                "log_system": label if system in (None, "-") else f"{label} {system}",
+                "worker": spec.number,
+            }
+        )
 
     globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False)
     root = tap.build(spec.settings, reactor, worker=spec)

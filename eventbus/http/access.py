@@ -46,9 +46,12 @@ SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 CORS_ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE"
 CORS_ALLOW_HEADERS = (
     b"Authorization, Content-Type, X-EVENT-ISSUER, X-JISS-ISSUER, Idempotency-Key,"
-    b" Expected-Last-Id, Last-Event-ID"
+    b" Expected-Last-Id, Last-Event-ID, X-Request-Id"
 )
-CORS_EXPOSE_HEADERS = b"Location, Retry-After, WWW-Authenticate, Allow, Link, Events-Missed, Events-First-Id, Idempotent-Replayed"
+CORS_EXPOSE_HEADERS = (
+    b"Location, Retry-After, WWW-Authenticate, Allow, Link, Events-Missed, Events-First-Id,"
+    b" Idempotent-Replayed, X-Request-Id"
+)
 CORS_MAX_AGE = b"600"
 
 #: Digests of recently presented tokens kept by the gate (it costs a hash

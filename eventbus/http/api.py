@@ -9,12 +9,17 @@ given and builds none of them (``eventbus.tap`` wires the objects).
 
 from __future__ import annotations
 
+from klein import Klein
+from twisted.web.resource import Resource
+
+from eventbus.auth import OFF
 from eventbus.consumers import Consumers
 from eventbus.http.access import Gate
 from eventbus.http.channels import ChannelsResource
 from eventbus.http.console import PREFIX as CONSOLE_PREFIX
 from eventbus.http.console import ConsoleResource
 from eventbus.http.consumers import ConsumersResource
+from eventbus.http.docs import DocsResource
 from eventbus.http.events import EventsResource
 from eventbus.http.health import HealthResource
 from eventbus.http.metrics import MetricsResource
@@ -45,6 +50,7 @@ def make_root(
     consumers: Consumers,
     webhooks: WebhookService | None,
     max_batch: int,
+    max_wait: float,
     tokens: TokenService | None = None,
     gate: Gate | None = None,
     channels: ChannelStore | None = None,
@@ -53,21 +59,29 @@ def make_root(
     restore: RestoreStore | None = None,
 ) -> Root:
     """The API; without a ``gate`` nothing is checked (unit tests of other things)."""
-    apps = {
-        b"health": HealthResource(database).router.resource(),
-        b"events": EventsResource(events, conditional, notifier, streams, max_batch).router.resource(),
-        b"consumers": ConsumersResource(consumers).router.resource(),
-        b"subscriptions": SubscriptionsResource(webhooks).router.resource(),
-        CONSOLE_PREFIX: ConsoleResource(),
+    routers: dict[bytes, Klein] = {
+        b"health": HealthResource(database).router,
+        b"events": EventsResource(events, conditional, notifier, streams, max_batch, max_wait).router,
+        b"consumers": ConsumersResource(consumers, max_wait).router,
+        b"subscriptions": SubscriptionsResource(webhooks).router,
     }
     if tokens is not None:
-        apps[b"tokens"] = TokensResource(tokens).router.resource()
+        routers[b"tokens"] = TokensResource(tokens).router
     if channels is not None:
         restorer = None if restore is None else Restorer(restore, notifier, max_batch)
-        apps[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router.resource()
+        routers[b"channels"] = ChannelsResource(channels, retention or Retention(), restorer).router
     if metrics is not None:
-        apps[b"metrics"] = MetricsResource(metrics).router.resource()
-    return Root(apps, gate)
+        routers[b"metrics"] = MetricsResource(metrics).router
+    # Last: the document describes the resources mounted above.
+    docs = DocsResource(
+        max_wait=max_wait, max_batch=max_batch, auth_mode=gate.mode if gate else OFF, mounted=set(routers)
+    )
+    for segment in DocsResource.SEGMENTS:
+        routers[segment] = docs.router
+    apps: dict[bytes, Resource] = {segment: router.resource() for segment, router in routers.items()}
+    # Not part of the API (static files for browsers): not in /openapi.json.
+    apps[CONSOLE_PREFIX] = ConsoleResource()
+    return Root(apps, gate, routers)
 
 
 def make_metrics_root(metrics: Exposition, gate: Gate | None) -> Root:

@@ -73,8 +73,10 @@ class ConsumersResource:
 
     router = Router()
 
-    def __init__(self, consumers: Consumers) -> None:
+    def __init__(self, consumers: Consumers, max_wait: float) -> None:
         self.consumers = consumers
+        #: The longest ``timeout`` of a ``next`` (``--max-wait``).
+        self.max_wait = max_wait
 
     @router.route("/consumers/<context>/<channel>", methods=["GET"], need=(Action.CONSUME, Action.MANAGE))
     async def list_consumers(self, request: Request, context: str, channel: str) -> bytes:
@@ -106,7 +108,7 @@ class ConsumersResource:
         query=NEXT_QUERY,
     )
     async def next_event(self, request: Request, context: str, channel: str, name: str) -> bytes:
-        timeout = params.timeout_param(params.query(request).get("timeout"))
+        timeout = params.timeout_param(params.query(request).get("timeout"), self.max_wait)
         delivery = await access.held(request, lambda: self.consumers.next(context, channel, name, timeout))
         if delivery is None:
             return render.no_content(request)

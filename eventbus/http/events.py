@@ -48,12 +48,15 @@ class EventsResource:
         notifier: Notifier,
         streams: EventStreams,
         max_batch: int,
+        max_wait: float,
     ) -> None:
         self.store = store
         self.conditional = conditional
         self.notifier = notifier
         self.streams = streams
         self.max_batch = max_batch
+        #: The longest ``timeout`` of a ``peek`` (``--max-wait``).
+        self.max_wait = max_wait
 
     @router.route("/events/<context>/<channel>", methods=["POST"], need=(Action.PUBLISH,))
     async def publish(self, request: Request, context: str, channel: str) -> bytes:
@@ -96,7 +99,7 @@ class EventsResource:
         query = params.query(request)  # only what READ_QUERY allows together
         if "peek" in query:
             cursor = params.int_param("peek", query["peek"], 0, MAX_ID)
-            timeout = params.timeout_param(query.get("timeout"))
+            timeout = params.timeout_param(query.get("timeout"), self.max_wait)
             earliest = params.choice("on_expired", query.get("on_expired", "error"), ON_EXPIRED) == "earliest"
             if request.method == b"HEAD":
                 timeout = 0  # the headers of what is there now, never a wait

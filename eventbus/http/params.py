@@ -28,18 +28,19 @@ from twisted.web.server import Request
 
 from eventbus.errors import InvalidInput
 from eventbus.http import jsontext
-from eventbus.model import MAX_ID, PublishCondition, check_issuer
+from eventbus.model import MAX_ID, PublishCondition, check_issuer, json_integer
 
+#: A long poll's ``timeout`` when none is given (or the server's cap, if lower).
 DEFAULT_TIMEOUT_S = 25.0
-#: Longest long-poll ``timeout`` (peek, consumer ``next``).
-MAX_TIMEOUT_S = 300.0
 #: Latest instant a ``start`` may name: the end of year 9999.
 MAX_START_S = 253402300799
 #: Header names a publisher may give its name in (the second is an alias).
 ISSUER_HEADERS = (b"X-EVENT-ISSUER", b"X-JISS-ISSUER")
 
 UINT = re.compile(r"[0-9]{1,19}\Z")
-_UDECIMAL = re.compile(r"[0-9]{1,19}(\.[0-9]{1,9})?\Z")
+#: A number in a query string, written as a non-negative JSON number is
+#: (``2``, ``0.25``, ``2.5e-1``): what a client's number type prints.
+UNUMBER = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,4})?\Z")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _PLUS_OFFSET = re.compile(r"\A(.*\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d(?::?\d\d)?)\Z")
 
@@ -131,23 +132,23 @@ def path_id(value: str) -> int | None:
     return int(value)
 
 
-def timeout_param(value: str | None) -> float:
+def timeout_param(value: str | None, max_wait: float) -> float:
+    """A long poll's ``timeout``: 0 to ``max_wait`` (``--max-wait``) seconds."""
     if value is None:
-        return DEFAULT_TIMEOUT_S
-    if not _UDECIMAL.match(value) or float(value) > MAX_TIMEOUT_S:
-        raise InvalidInput(
-            f"timeout must be a number of seconds from 0 to {MAX_TIMEOUT_S:g}, got {value[:40]!r}"
-        )
+        return min(DEFAULT_TIMEOUT_S, max_wait)
+    if not UNUMBER.match(value) or not float(value) <= max_wait:
+        raise InvalidInput(f"timeout must be a number of seconds from 0 to {max_wait:g}, got {value[:40]!r}")
     return float(value)
 
 
 def start_param(value: str) -> dt.datetime:
-    """Unix seconds (integer or fractional) or an ISO-8601 instant, as UTC."""
-    if _UDECIMAL.match(value):
-        micros = math.ceil(Decimal(value) * 1_000_000)
-        if micros > MAX_START_S * 1_000_000:
-            raise InvalidInput(f"start is out of range: {value[:40]!r}")
-        return _EPOCH + dt.timedelta(microseconds=micros)
+    """Unix seconds (a number) or an ISO-8601 instant, as UTC.  An instant
+    before 1970 selects everything, as 1970 does."""
+    if UNUMBER.match(value):
+        seconds = Decimal(value)
+        if seconds > MAX_START_S:
+            raise InvalidInput(f"start is out of range (at most {MAX_START_S}): {value[:40]!r}")
+        return _EPOCH + dt.timedelta(microseconds=math.ceil(seconds * 1_000_000))
     # An unencoded "+01:00" offset arrives as " 01:00" (form decoding).
     value = _PLUS_OFFSET.sub(r"\1+\2", value)
     try:
@@ -158,11 +159,10 @@ def start_param(value: str) -> dt.datetime:
         instant = instant.replace(tzinfo=dt.timezone.utc)
     try:
         instant = instant.astimezone(dt.timezone.utc)
-    except OverflowError:
-        raise InvalidInput(f"start is out of range: {value[:40]!r}") from None
-    if instant < _EPOCH:
-        raise InvalidInput(f"start is before 1970: {value[:40]!r}")
-    return instant
+    except OverflowError:  # in UTC, before the year 1 or after 9999
+        offset = instant.utcoffset() or dt.timedelta()
+        return _EPOCH if offset > dt.timedelta() else dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    return max(instant, _EPOCH)
 
 
 # -- headers -------------------------------------------------------------------------------
@@ -366,8 +366,9 @@ def number(fields: Fields, name: str, low: float, high: float) -> float:
 
 
 def integer(fields: Fields, name: str, low: int, high: int) -> int:
-    value = fields[name]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    """An integer member (``5.0`` is one, as JSON Schema counts) within bounds."""
+    value = json_integer(fields[name])
+    if value is None or not low <= value <= high:
         raise InvalidInput(f"{name} must be an integer from {low} to {high}, got {fields.sent(name)}")
     return value
 

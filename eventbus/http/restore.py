@@ -23,7 +23,7 @@ from twisted.web.server import Request
 
 from eventbus.errors import InvalidInput, TooLarge
 from eventbus.http import jsontext, params, render
-from eventbus.model import MAX_ID, check_issuer
+from eventbus.model import MAX_ID, check_issuer, json_integer
 from eventbus.notifier import Notifier
 from eventbus.storage.restore import Restored, RestoreStore
 
@@ -82,8 +82,8 @@ def _event(i: int, value: dict[str, object], element: str) -> Restored:
     if unknown:
         raise InvalidInput(f"event {i} has unknown field(s) {', '.join(map(repr, unknown))[:200]}")
     raw = dict(jsontext.members(element))
-    event_id = value.get("id")
-    if isinstance(event_id, bool) or not isinstance(event_id, int) or not 1 <= event_id <= MAX_ID:
+    event_id = json_integer(value.get("id"))
+    if event_id is None or not 1 <= event_id <= MAX_ID:
         raise InvalidInput(
             f"event {i}: id must be an integer from 1 to {MAX_ID}, got {raw.get('id', 'none')[:40]}"
         )

@@ -27,6 +27,7 @@ their public functions), model and errors.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import unquote_to_bytes
@@ -57,7 +58,7 @@ from eventbus.errors import (
     Unavailable,
     Unprocessable,
 )
-from eventbus.http import access, console, params, render
+from eventbus.http import access, console, params, render, requestid
 from eventbus.metrics.values import UNMATCHED
 from eventbus.model import check_name
 
@@ -96,6 +97,11 @@ NAME_VARIABLES = {
     "name": "consumer name",
     "token_name": "token name",
 }
+
+
+def route_pattern(url: str) -> str:
+    """A Klein route as OpenAPI writes its path: ``/events/{context}/{channel}``."""
+    return re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", url)
 
 
 def status_of(error: EventBusError) -> int:
@@ -142,7 +148,13 @@ def _routing_error(request: Request, error: HTTPException) -> bytes:
 
 
 def unexpected(self: Any, request: IRequest, failure: Failure) -> bytes:
-    log.failure("unhandled error serving {uri}", failure, uri=redact(request.uri.decode("latin-1")))
+    log.failure(
+        "unhandled error serving {uri}",
+        failure,
+        uri=redact(request.uri.decode("latin-1")),
+        request_id=requestid.of(request),
+        route=requestid.route_of(request),
+    )
     return render.error(cast(Request, request), 500, "internal error")
 
 
@@ -216,11 +228,13 @@ class Router(Klein):
             raise TypeError(f"route {url} must declare need= (PUBLIC or the actions it needs)")
         register = super().route(url, *args, branch=branch, **kwargs)
         names = {var: kind for var, kind in NAME_VARIABLES.items() if f"<{var}>" in url}
+        pattern = route_pattern(url)
         scoped = bool(need) and "<context>" in url and "<channel>" in url
 
         def deco(f: F) -> F:
             @functools.wraps(f)
             def checked(instance: Any, request: Request, *a: Any, **kw: Any) -> Any:
+                requestid.set_route(request, pattern)
                 setattr(request, _ROUTE, url)
                 for var, kind in names.items():
                     check_name(kind, kw[var])
@@ -242,10 +256,18 @@ class Root(Resource):
 
     isLeaf = True
 
-    def __init__(self, apps: Mapping[bytes, Resource], gate: access.Gate | None = None) -> None:
+    def __init__(
+        self,
+        apps: Mapping[bytes, Resource],
+        gate: access.Gate | None = None,
+        routers: Mapping[bytes, Klein] | None = None,
+    ) -> None:
+        """``routers``: the Klein app of each mount that is part of the API
+        (what ``/openapi.json`` describes; other mounts serve files)."""
         super().__init__()
         self.apps = dict(apps)
         self.gate = gate
+        self.routers = dict(routers or {})
 
     def render(self, request: Request) -> Any:
         # Klein's answer to these is plain text; ours is JSON.  An encoded
@@ -283,7 +305,12 @@ class Root(Resource):
     def _refused(self, request: Request, failure: Failure) -> bytes:
         if isinstance(failure.value, EventBusError):
             return error_response(request, failure.value)
-        log.failure("admitting a request to {uri} failed", failure, uri=redact(request.uri.decode("latin-1")))
+        log.failure(
+            "admitting a request to {uri} failed",
+            failure,
+            uri=redact(request.uri.decode("latin-1")),
+            request_id=requestid.of(request),
+        )
         return render.error(request, 500, "internal error")
 
     def _finish(self, request: Request, result: Any) -> None:
@@ -296,7 +323,8 @@ class Root(Resource):
             request.finish()
 
 
-#: What needs no token (and gets no CORS headers): ``/health``, and the
-#: console's static files under ``/ui`` (they hold no data; the console then
-#: calls the API like any client, with its user's token).
-PUBLIC_SEGMENTS = frozenset({b"health", b"ui"})
+#: What needs no token (and gets no CORS headers): ``/health``, the API's
+#: description (``/openapi.json``, ``/docs``), and the console's static files
+#: under ``/ui`` (they hold no data; the console then calls the API like any
+#: client, with its user's token).
+PUBLIC_SEGMENTS = frozenset({b"health", b"openapi.json", b"docs", b"ui"})

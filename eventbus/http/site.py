@@ -10,7 +10,13 @@ Requests twisted.web itself refuses as malformed (request line, header or
 body framing) get a JSON 400 from :class:`JsonErrorChannel`, so every error
 the server sends is JSON.
 
-Access log lines never carry a token: :func:`access_log_line` replaces
+Every response carries ``X-Request-Id`` (:mod:`eventbus.http.requestid`),
+the refusals written straight to the transport included, and the access
+log line of a request carries it too: in ``--log-format text`` at the end
+of Twisted's combined format, in ``json`` as a field beside the route
+pattern, the status and the duration.
+
+Access log lines never carry a token: :mod:`eventbus.http.accesslog` replaces
 every ``access_token=`` value and anything shaped like a token (in the
 request line or the ``Referer``) before a line is written anywhere.
 
@@ -29,15 +35,24 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any, cast
+from typing import Any, cast
 
-from twisted.internet import task
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
-from eventbus.auth import redact
+from eventbus import logs
+from eventbus.http import requestid
+from eventbus.http.accesslog import (
+    ACCESS_LOG_OFF,
+    ACCESS_LOG_STDOUT,
+    ACCESS_LOG_TWISTD,
+    BatchedLogFile,
+    access_fields,
+    access_log,
+    access_log_line,
+)
 from eventbus.http.connections import ConnectionBudget, connection_limit
 from eventbus.http.render import error_body
 from eventbus.http.router import route_of
@@ -68,6 +83,14 @@ class LimitedRequest(server.Request):
 
     _received = 0
     _refused = False
+    #: ``time.monotonic()`` when the request had arrived whole.
+    started: float | None = None
+
+    def process(self) -> None:
+        self.started = time.monotonic()
+        requestid.of(self)
+        super().process()
+
     #: A status written straight to the transport (413, 408, 400), if any.
     raw_status: int | None = None
     _counted = False
@@ -123,7 +146,11 @@ class LimitedRequest(server.Request):
         self.requestHeaders.removeHeader(b"Expect")
         transport: Any = cast(Any, self.channel).transport
         transport.write(
-            _raw_error(b"413 Payload Too Large", f"request body exceeds the limit of {self._max_body} bytes")
+            _raw_error(
+                b"413 Payload Too Large",
+                f"request body exceeds the limit of {self._max_body} bytes",
+                requestid.of(self),
+            )
         )
         try:
             transport.loseWriteConnection()
@@ -138,12 +165,14 @@ def _abort(transport: Any) -> None:
         transport.abortConnection()
 
 
-def _raw_error(status: bytes, message: str) -> bytes:
-    """A whole JSON error response, for writing straight to a transport."""
+def _raw_error(status: bytes, message: str, request_id: str | None = None) -> bytes:
+    """A whole JSON error response, for writing straight to a transport
+    (``request_id``: of the request it refuses; else a new one)."""
     body = error_body(message)
     return (
         b"HTTP/1.1 " + status + b"\r\n"
         b"Content-Type: application/json\r\n"
+        b"X-Request-Id: " + (request_id or requestid.new()).encode("ascii") + b"\r\n"
         b"Connection: close\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
@@ -249,60 +278,6 @@ class JsonErrorChannel(http.HTTPChannel):
         self._respondToBadRequestAndDisconnect()
 
 
-#: ``--access-log`` values that are not a path.
-ACCESS_LOG_TWISTD = "twistd"
-ACCESS_LOG_STDOUT = "-"
-ACCESS_LOG_OFF = "off"
-#: How often a batched access log is written out.
-ACCESS_LOG_FLUSH_S = 0.2
-ACCESS_LOG_MAX_BUFFER = 256 * 1024
-
-
-class BatchedLogFile:
-    """An access log written in batches: one write per ``interval`` (or per
-    256 KiB) instead of one per request, and no trip through the logging
-    system's per-event formatting.  Lines keep their order; at most
-    ``interval`` seconds of them are lost if the process is killed."""
-
-    def __init__(
-        self, stream: IO[str], reactor: Any, interval: float = ACCESS_LOG_FLUSH_S, owned: bool = True
-    ) -> None:
-        self.stream = stream
-        self.owned = owned
-        self._lines: list[str] = []
-        self._size = 0
-        self._loop = task.LoopingCall(self.flush)
-        self._loop.clock = reactor
-        self._loop.start(interval, now=False)
-
-    def write(self, line: str) -> None:
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size > ACCESS_LOG_MAX_BUFFER:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._lines:
-            data, self._lines, self._size = "".join(self._lines), [], 0
-            self.stream.write(data)
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-        self.flush()
-        if self.owned:
-            self.stream.close()
-
-
-def access_log_line(timestamp: str, request: Any) -> str:
-    """Twisted's combined log format, with tokens redacted."""
-    line: str = http.combinedLogFormatter(timestamp, request)
-    if "ebt_" in line or "access_token" in line.lower():
-        line = redact(line)
-    return line
-
-
 class EventBusSite(server.Site):
     requestFactory = LimitedRequest
     # A plain channel rather than Twisted's HTTP/2-negotiating wrapper: we
@@ -317,6 +292,7 @@ class EventBusSite(server.Site):
         access_log: str,
         request_timeout: float,
         max_connections: int | None = None,
+        log_format: str = logs.TEXT,
         metrics: HttpMetrics | None = None,
         worker: int | None = None,
         **kwargs: Any,
@@ -330,6 +306,7 @@ class EventBusSite(server.Site):
         super().__init__(resource, parsePOSTFormSubmission=False, logFormatter=access_log_line, **kwargs)
         self.max_body = max_body
         self.access_log = access_log
+        self.log_format = log_format
         self.request_timeout = request_timeout
         #: Requests answered, by route pattern, method and status.
         self.metrics = metrics if metrics is not None else HttpMetrics()
@@ -351,10 +328,22 @@ class EventBusSite(server.Site):
             )
 
     def log(self, request: Any) -> None:
-        """Called by twisted.web once per finished request."""
-        super().log(request)
+        """Called by twisted.web once per finished request: counted, and its
+        access log line written (``--log-format json``: an object)."""
         if isinstance(request, LimitedRequest):
             self.count(request)
+        if self.log_format != logs.JSON:
+            super().log(request)
+            return
+        if self._logFile is None:  # --access-log off
+            return
+        fields = access_fields(request)
+        if self.access_log == ACCESS_LOG_TWISTD:
+            access_log.info("{method} {path} {status}", **fields)
+            return
+        message = f"{fields['method']} {fields['path']} {fields['status']}"
+        own = {"timestamp": logs.timestamp(time.time()), "level": "info", "logger": access_log.namespace}
+        self._logFile.write(logs.line({**own, "message": message, **fields}).decode("utf-8"))
 
     def count(self, request: LimitedRequest) -> None:
         """Count a request once: finished, or lost (its client left, or it was

@@ -16,7 +16,7 @@ from eventbus.auth import Action
 from eventbus.errors import InvalidInput, NotFound
 from eventbus.http import access, params, render
 from eventbus.http.router import Router
-from eventbus.model import ALL_CHANNELS, MAX_ID, Start, SubscriptionState, check_name
+from eventbus.model import ALL_CHANNELS, MAX_ID, Start, SubscriptionState, check_name, json_integer
 from eventbus.webhooks.service import WebhookService
 
 MANAGE = (Action.MANAGE,)
@@ -31,7 +31,8 @@ def start_field(fields: params.Fields, channel: str) -> Start:
         return value
     if value is None:
         raise InvalidInput('start is required: "latest", "earliest" or an event id')
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID + 1:
+    value = json_integer(value)
+    if value is None or not 1 <= value <= MAX_ID + 1:
         raise InvalidInput(
             f'start must be "latest", "earliest" or an event id from 1 to {MAX_ID + 1}, got {fields.sent("start")}'
         )

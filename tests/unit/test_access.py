@@ -136,7 +136,7 @@ class Api:
             streams=EventStreams(events, notifier, self.clock, 15.0),
             consumers=FakeConsumers(),  # type: ignore[arg-type]
             webhooks=FakeWebhooks(webhook_channel),  # type: ignore[arg-type]
-            max_batch=1000, tokens=TokenService(self.tokens),  # type: ignore[arg-type]
+            max_batch=1000, max_wait=300.0, tokens=TokenService(self.tokens),  # type: ignore[arg-type]
             gate=Gate(mode, self.cache, self.cache.holds, ["https://app.example.com"]),
             channels=self.channels,  # type: ignore[arg-type]
             metrics=Exposition(Metrics()),

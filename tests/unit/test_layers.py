@@ -33,6 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "eventbus.metrics": ("eventbus.metrics", "eventbus.errors"),
     "eventbus.model": ("eventbus.errors",),
     "eventbus.retry": ("eventbus.errors",),
+    "eventbus.logs": (),
     "eventbus.storage": ("eventbus.storage", *BOTTOM),
     # the domain modules
     "eventbus.tail": ("eventbus.storage", *BOTTOM),
@@ -53,6 +54,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "eventbus.auth",
         "eventbus.tokens",
         "eventbus.storage",
+        "eventbus.logs",
         *BOTTOM,
     ),
     "eventbus.__main__": ("eventbus.service", "eventbus.cli"),

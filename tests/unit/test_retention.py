@@ -54,10 +54,15 @@ def test_a_max_age_below_a_second_or_not_a_number_is_refused(value):
         check_max_age(value)
 
 
-@pytest.mark.parametrize("value", [0, -5, 1.5, 2.0, True, "10", None, 2**63])
+@pytest.mark.parametrize("value", [0, -5, 1.5, 0.0, 2.0**60, True, "10", None, 2**63])
 def test_a_max_events_below_one_or_not_an_integer_is_refused(value):
     with pytest.raises(InvalidInput, match="max_events must be an integer from 1"):
         check_max_events(value)
+
+
+def test_an_integral_float_is_an_integer_max_events():
+    """JSON Schema counts 2.0 as an integer (issue 11: the OpenAPI document says integer)."""
+    assert check_max_events(2.0) == 2 and type(check_max_events(2.0)) is int
 
 
 def test_good_values_pass_unchanged():

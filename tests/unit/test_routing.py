@@ -66,7 +66,8 @@ class RecordingNotifier:
 class Bus:
     """One API over fakes, and a synchronous way to call it."""
 
-    def __init__(self, store: Optional[RecordingStore] = None, conditional: Any = None) -> None:
+    def __init__(self, store: Optional[RecordingStore] = None, conditional: Any = None,
+                 max_wait: float = DEFAULTS.max_wait) -> None:
         self.store = store or RecordingStore()
         self.notifier = RecordingNotifier()
         clock = Clock()
@@ -76,7 +77,7 @@ class Bus:
             database=store, events=store, notifier=notifier,
             streams=EventStreams(store, notifier, clock, DEFAULTS.heartbeat),
             consumers=Consumers(clock, store, store, notifier), webhooks=None,
-            max_batch=DEFAULTS.max_batch, conditional=conditional or store,
+            max_batch=DEFAULTS.max_batch, max_wait=max_wait, conditional=conditional or store,
         )
         self.treq = StubTreq(root)
 
@@ -200,6 +201,18 @@ def test_valid_peeks_reach_the_store_or_the_notifier():
     bus.notifier.calls.clear()
     assert bus.call("GET", f"{BASE}?peek=3")[0] == 204
     assert bus.notifier.calls == [("next_event", ("ctx", "ch", 3, DEFAULT_TIMEOUT_S))]
+
+
+def test_max_wait_caps_every_long_poll_and_lowers_the_default_timeout():
+    bus = Bus(max_wait=2)
+    assert bus.call("GET", f"{BASE}?peek=3&timeout=2")[0] == 204
+    assert bus.call("GET", f"{BASE}?peek=3")[0] == 204  # the default 25 s, capped
+    assert bus.notifier.calls == [("next_event", ("ctx", "ch", 3, 2.0))] * 2
+    for url in (f"{BASE}?peek=3&timeout=2.001", "http://bus.test/consumers/ctx/ch/c/next?timeout=3"):
+        code, headers, body = bus.call("POST" if "next" in url else "GET", url)
+        assert_json_error(code, headers, body, 400)
+        assert "from 0 to 2," in json.loads(body)["error"]
+    assert bus.store.calls == []
 
 
 def test_store_outage_is_a_json_503():

@@ -276,6 +276,10 @@ def test_creating_a_token_stores_only_its_digest_and_validates_everything():
         dict(name="x", scopes=["read:a"]),
         dict(name="x", scopes=["read:a/b"], issuers=[]),
         dict(name="x", scopes=["read:a/b"], expires_in=0),
+        # found with the OpenAPI document (issue 11): what /tokens/{name} could
+        # never reach, and the lifetime below the documented second
+        dict(name="..", scopes=["read:a/b"]),
+        dict(name="x", scopes=["read:a/b"], expires_in=0.5),
         dict(name="x", scopes=["read:a/b"], expires_in="10"),
         dict(name="x", scopes=["read:a/b"], expires_in=True),
     ):
