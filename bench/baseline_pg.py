@@ -11,13 +11,25 @@ The statement is prepared once per connection with the batch's payloads as
 a literal, so the client does almost nothing per batch.  One thread per
 connection, each appending to a channel of its own (psycopg2 releases the
 GIL while it waits for the server).
+
+Baseline B', the fair ceiling (:func:`append_batches_fair`): the event bus's
+own group-commit statement (``APPEND_SQL``, ``pg_notify`` included) with
+the parameters it sends for one batch of these payloads -- the payloads
+travel with every execution, as a JSON array text, and PostgreSQL parses
+them each time -- from raw psycopg2, one commit per batch.  What it leaves
+out is only the server: HTTP, validation, Twisted, the Python side of the
+group commit.  B bakes the payloads into a prepared statement, which no
+server taking payloads from clients can do.
 """
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any, Callable
 
 import psycopg2
+
+from eventbus.storage.events import APPEND_SQL
 
 _PREPARE = """
 PREPARE bench_append(bigint) AS
@@ -57,30 +69,81 @@ def append_batches(dsn: str, channel_ids: list[int], payloads: list[str], issuer
                    seconds: float) -> dict:
     """Append ``payloads`` as one batch, over and over, on one connection per
     channel, for ``seconds``; return events/s."""
-    counts = [0] * len(channel_ids)
+
+    def prepare(cur: Any, i: int) -> Callable[[], None]:
+        cur.execute(_PREPARE.format(
+            n=len(payloads),
+            issuer=cur.mogrify("%s", (issuer,)).decode(),
+            payloads=cur.mogrify("%s", (payloads,)).decode()))
+        cid = channel_ids[i]
+        return lambda: cur.execute("EXECUTE bench_append(%s)", (cid,))
+
+    return _run(dsn, len(channel_ids), len(payloads), prepare, seconds)
+
+
+def fair_params(context: str, channel: str, issuer: str, payloads: list[str]) -> dict:
+    """What the event bus's group commit sends for one append of ``payloads``
+    (:meth:`eventbus.storage.events.EventStore._write_group`, a group of one)."""
+    n = len(payloads)
+    return {
+        "ctx": [context],
+        "ch": [channel],
+        "n": [n],
+        "payloads": "[" + ",".join(payloads) + "]",
+        "e_ch": "{" + ",".join(["1"] * n) + "}",
+        "e_pos": "{" + ",".join(map(str, range(1, n + 1))) + "}",
+        "e_iss": "{" + ",".join(["1"] * n) + "}",
+        "issuers": [issuer],
+    }
+
+
+def append_batches_fair(dsn: str, context: str, channels: list[str], payloads: list[str], issuer: str,
+                        seconds: float) -> dict:
+    """Baseline B': the server's own statement and parameters for each batch,
+    on one connection per channel, for ``seconds``; return events/s."""
+
+    def prepare(cur: Any, i: int) -> Callable[[], None]:
+        channel = channels[i]
+
+        def one() -> None:
+            # Built per batch, as the server builds them per group.
+            cur.execute(APPEND_SQL, fair_params(context, channel, issuer, payloads))
+            cur.fetchall()
+        return one
+
+    # Autocommit, as the server's connections run it: one round trip, one
+    # implicit transaction per statement.
+    return _run(dsn, len(channels), len(payloads), prepare, seconds, autocommit=True)
+
+
+def _run(dsn: str, connections: int, batch: int, prepare: Callable[[Any, int], Callable[[], None]],
+         seconds: float, autocommit: bool = False) -> dict:
+    """``prepare(cursor, i)`` on each connection, then its batch function
+    with a commit after each (or in autocommit mode), over and over, for
+    ``seconds``."""
+    counts = [0] * connections
     errors: list[BaseException] = []
-    start = threading.Barrier(len(channel_ids) + 1)
+    start = threading.Barrier(connections + 1)
     deadline = [0.0]
 
-    def worker(i: int, cid: int) -> None:
+    def worker(i: int) -> None:
         try:
             conn = psycopg2.connect(dsn)
+            conn.autocommit = autocommit
         except BaseException as e:
             errors.append(e)
             start.abort()
             return
         try:
             with conn.cursor() as cur:
-                sql = _PREPARE.format(
-                    n=len(payloads),
-                    issuer=cur.mogrify("%s", (issuer,)).decode(),
-                    payloads=cur.mogrify("%s", (payloads,)).decode())
-                cur.execute(sql)
-                conn.commit()
+                one = prepare(cur, i)
+                if not autocommit:
+                    conn.commit()
                 start.wait()
                 while time.monotonic() < deadline[0]:
-                    cur.execute("EXECUTE bench_append(%s)", (cid,))
-                    conn.commit()
+                    one()
+                    if not autocommit:
+                        conn.commit()
                     counts[i] += 1
         except threading.BrokenBarrierError:
             pass
@@ -89,8 +152,7 @@ def append_batches(dsn: str, channel_ids: list[int], payloads: list[str], issuer
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=worker, args=(i, cid), daemon=True)
-               for i, cid in enumerate(channel_ids)]
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(connections)]
     for t in threads:
         t.start()
     deadline[0] = time.monotonic() + seconds + 30  # until every worker is ready
@@ -105,5 +167,5 @@ def append_batches(dsn: str, channel_ids: list[int], payloads: list[str], issuer
     elapsed = time.monotonic() - t0
     if errors:
         raise errors[0]
-    events = sum(counts) * len(payloads)
+    events = sum(counts) * batch
     return {"events": events, "seconds": round(elapsed, 3), "events_per_s": events / elapsed}

@@ -10,7 +10,9 @@ every process on the machine).
 The publisher then writes one JSON line to our standard input, ``{"sent":
 {seq: monotonic send time}, "drain_s": S}``; we keep reading until every
 subscriber has every sent seq or S seconds pass, and print the result:
-messages expected, received, missing, duplicated, and latency percentiles.
+messages expected, received, missing, duplicated, latency percentiles, and
+the latencies as a histogram of 0.1 ms buckets (``hist``), so that the
+scenario can merge the results of several client processes.
 
 Why not asyncio: a thousand streams at 200 events/s are 200,000 messages a
 second; the client must cost far less per message than the server does.
@@ -34,6 +36,8 @@ from typing import Optional
 from bench.procs import raise_nofile
 
 SEQ = re.compile(rb'"seq":\s*(\d+)')
+#: Width of a histogram bucket, in milliseconds.
+BUCKET_MS = 0.1
 READ_SIZE = 1 << 18
 HEADERS_TIMEOUT_S = 60.0
 
@@ -201,6 +205,7 @@ def run(port: int, count: int, path: str, max_seq: int) -> dict:
         "p50_ms": pct(50),
         "p99_ms": pct(99),
         "max_ms": ordered[-1] * 1000 if ordered else None,
+        "hist": histogram(ordered),
         # Share of one core this client used while the events were published:
         # near 100 % the client, not the server, sets the latencies.
         "client_cpu_pct": round(100 * busy, 1),
@@ -208,6 +213,29 @@ def run(port: int, count: int, path: str, max_seq: int) -> dict:
     for s in subs:
         s.sock.close()
     return result
+
+
+def histogram(latencies_s: "array.array[float] | list[float]") -> dict[str, int]:
+    """Counts per ``BUCKET_MS`` bucket (bucket k: k to k+1 buckets of ms)."""
+    counts: dict[int, int] = {}
+    for t in latencies_s:
+        k = max(0, int(t * 1000 / BUCKET_MS))
+        counts[k] = counts.get(k, 0) + 1
+    return {str(k): v for k, v in counts.items()}
+
+
+def hist_percentile(hist: dict[str, int], p: float) -> Optional[float]:
+    """The p-th percentile (ms, a bucket's upper edge) of a merged histogram."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = min(total - 1, int(p / 100 * total))
+    seen = 0
+    for k in sorted(hist, key=int):
+        seen += hist[k]
+        if seen > rank:
+            return (int(k) + 1) * BUCKET_MS
+    return None
 
 
 def _cpu() -> float:

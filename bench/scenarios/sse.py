@@ -6,8 +6,9 @@ with one message per event, ``id: <id>``, ``event: event``, ``data: <event
 JSON>``.  When the server answers that path with ``404`` the scenario is
 skipped with that reason.
 
-1,000 subscribers (one lean epoll process, :mod:`bench.sse_client`) stream
-one channel from ``after=0``; one event (seq 0, not counted) is published
+1,000 subscribers (4 lean epoll processes of 250, :mod:`bench.sse_client`,
+so that the load client is not the bottleneck: the scenario reports the
+CPU each used) stream one channel from ``after=0``; one event (seq 0, not counted) is published
 first so every stream starts with a message and its headers.  Once all have
 their headers and the server is quiet, events carrying ``"seq": k`` are published at 200 events/s for the
 measurement time over 4 keep-alive connections.  Every subscriber records
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Optional
 from bench.httpc import Connection
 from bench.procs import REPO, wait_quiet
 from bench.report import Figure, Result, Target
+from bench.sse_client import hist_percentile
 from bench.scenarios import CONTEXT, PUBLISH_HEADERS
 
 if TYPE_CHECKING:
@@ -43,8 +45,10 @@ PUBLISH_CONNECTIONS = 4
 P99_MAX_MS = 50.0
 PAD = "0123456789abcdef0123456789abcdef"
 READY_TIMEOUT_S = 120
-#: Above this share of a core the subscriber process itself adds latency.
+#: Above this share of a core a subscriber process itself adds latency.
 CLIENT_BUSY_PCT = 70
+#: Subscriber processes the subscribers are split over.
+CLIENT_PROCESSES = 4
 
 
 def publish_one(port: int, path: str, seq: int) -> int:
@@ -113,40 +117,74 @@ async def publish_at_rate(port: int, path: str, count: int, rate: float) -> dict
 
 
 def fan_out(port: int, pid: int, subscribers: int, stream_path: str, publish_path: str,
-            seconds: int, drain_s: float) -> dict:
+            seconds: int, drain_s: float, processes: int = CLIENT_PROCESSES) -> dict:
+    """``subscribers`` split over ``processes`` client processes; their
+    outcomes merged (latency percentiles over every subscriber's arrivals)."""
     count = RATE * seconds
     # seq 0 before anyone subscribes: every stream starts with it (after=0),
     # so every server sends its headers at once; it is not counted.
     status = publish_one(port, publish_path, 0)
     if not 200 <= status < 300:
         raise RuntimeError(f"publishing to {publish_path} answered {status}")
-    client = subprocess.Popen(
-        [sys.executable, "-m", "bench.sse_client", str(port), str(subscribers),
-         stream_path, str(count + 10)],
+    processes = max(1, min(processes, subscribers))
+    shares = [subscribers // processes + (1 if i < subscribers % processes else 0) for i in range(processes)]
+    clients = [subprocess.Popen(
+        [sys.executable, "-m", "bench.sse_client", str(port), str(share), stream_path, str(count + 10)],
         cwd=str(REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    assert client.stdin is not None and client.stdout is not None
+        env=dict(os.environ, PYTHONUNBUFFERED="1")) for share in shares]
+    outcomes: list[dict] = []
     try:
-        ready = json.loads(client.stdout.readline() or "{}")
-        if ready.get("ready") != subscribers:
-            raise RuntimeError(f"SSE subscribers not all connected: {ready}")
+        for client, share in zip(clients, shares):
+            assert client.stdout is not None
+            ready = json.loads(client.stdout.readline() or "{}")
+            if ready.get("ready") != share:
+                raise RuntimeError(f"SSE subscribers not all connected: {ready}")
         wait_quiet(pid, timeout=READY_TIMEOUT_S)
         published = asyncio.run(publish_at_rate(port, publish_path, count, RATE))
-        client.stdin.write(json.dumps({"sent": published["sent"], "drain_s": drain_s}) + "\n")
-        client.stdin.flush()
-        outcome = json.loads(client.stdout.readline() or "{}")
-        client.wait(60)
+        order = json.dumps({"sent": published["sent"], "drain_s": drain_s}) + "\n"
+        for client in clients:
+            assert client.stdin is not None
+            client.stdin.write(order)
+            client.stdin.flush()
+        for client in clients:
+            assert client.stdout is not None
+            outcomes.append(json.loads(client.stdout.readline() or "{}"))
+            client.wait(60)
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
-    if not outcome:
-        raise RuntimeError("the SSE client gave no result")
-    outcome["publish_rate"] = published["rate"]
-    outcome["publish_failed"] = published["failed"]
-    expected = outcome["expected"]
-    outcome["delivered_pct"] = 100.0 * outcome["received"] / expected if expected else 0.0
-    return outcome
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+    if len(outcomes) != len(clients) or not all(outcomes):
+        raise RuntimeError("an SSE client gave no result")
+    hist: dict[str, int] = {}
+    for o in outcomes:
+        for k, v in o.pop("hist").items():
+            hist[k] = hist.get(k, 0) + v
+    expected = sum(o["expected"] for o in outcomes)
+    received = sum(o["received"] for o in outcomes)
+    cpu = [o["client_cpu_pct"] for o in outcomes]
+    return {
+        "subscribers": subscribers,
+        "client_processes": len(clients),
+        "expected": expected,
+        "received": received,
+        "missing": sum(o["missing"] for o in outcomes),
+        "duplicates": sum(o["duplicates"] for o in outcomes),
+        "closed_early": sum(o["closed_early"] for o in outcomes),
+        "delivered_pct": 100.0 * received / expected if expected else 0.0,
+        "p50_ms": hist_percentile(hist, 50),
+        "p99_ms": hist_percentile(hist, 99),
+        "max_ms": max((o["max_ms"] for o in outcomes if o.get("max_ms") is not None), default=None),
+        # Share of one core each client process used while the events were
+        # published, and their sum.
+        "client_cpu_pct": max(cpu),
+        "clients_cpu_pct": cpu,
+        "clients_cpu_total_pct": round(sum(cpu), 1),
+        "per_client_p99_ms": [o["p99_ms"] for o in outcomes],
+        "publish_rate": published["rate"],
+        "publish_failed": published["failed"],
+    }
 
 
 def run(ctx: Context) -> Result:
@@ -189,10 +227,14 @@ def run(ctx: Context) -> Result:
     else:
         result.notes.append("reference C (Nchan): not installed")
     busy = max((o["client_cpu_pct"] for o in runs["eventbus"] + runs["nchan"]), default=0)
+    total = max((o["clients_cpu_total_pct"] for o in runs["eventbus"]), default=0)
+    result.notes.append(
+        f"SSE clients: {CLIENT_PROCESSES} processes; the busiest used {busy:.0f} % of a core, "
+        f"all of them together up to {total:.0f} % (details.runs[].clients_cpu_pct)")
     if busy > CLIENT_BUSY_PCT:
         result.notes.append(
-            f"the SSE client used up to {busy:.0f} % of a core while events were published: "
-            "latencies that high are partly the client's (see details.runs[].client_cpu_pct)")
+            f"an SSE client process used {busy:.0f} % of a core while events were published: "
+            "latencies that high are partly the client's")
     short = [o["publish_rate"] for o in runs["eventbus"] if o["publish_rate"] < 0.95 * RATE]
     if short:
         result.notes.append(f"publishers reached only {min(short):.0f} events/s of {RATE}")

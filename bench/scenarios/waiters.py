@@ -7,6 +7,9 @@ open, one per channel, on channels nobody publishes to.  Figures:
   highest while they are held -- sampled once they are all registered and
   again after the publish load below; target ≤ 400 MB.  Beside it: the
   same process before it ever held a waiter.
+* the growth of VmRSS over that fresh process per held waiter, read once
+  they are all registered (before any publish load); target ≤ 10 KiB
+  (issue 14: 10,000 waiters ≤ 100 MB above a fresh process).
 * single-event publish throughput (wrk, 64 connections, as in scenario 1)
   while they are held, beside the same without them, alternating; target:
   within 10 %, i.e. ≥ 0.9×.
@@ -31,6 +34,7 @@ CONNECTIONS = 64
 CHANNELS = 16
 WRK_THREADS = 1
 RSS_MAX_MB = 400
+PER_WAITER_MAX_KIB = 10.0
 TARGET_RATIO = 0.9
 
 
@@ -44,6 +48,7 @@ def run(ctx: Context) -> Result:
     with_rps: list[float] = []
     without_rps: list[float] = []
     rss_held: list[float] = []
+    rss_registered: list[float] = []
     nchan_rss: list[float] = []
     runs: dict[str, list] = {"with": [], "without": []}
     template = f"/events/{CONTEXT}/idle-{{i}}?peek=0&timeout=300"
@@ -58,6 +63,7 @@ def run(ctx: Context) -> Result:
     def with_waiters() -> None:
         with IdleWaiters(bus.port, count, template, bus.pid) as held:
             registered = bus.rss_kb()
+            rss_registered.append(registered / 1024)
             if not no_wrk:
                 with_rps.append(publish("with"))
             rss_held.append(max(registered, bus.rss_kb()) / 1024)
@@ -78,6 +84,10 @@ def run(ctx: Context) -> Result:
         f"server RSS holding {count:,} waiters", "MB", rss_held,
         baseline_name="fresh process", baseline_rounds=[rss_fresh],
         target=Target("max", RSS_MAX_MB, "MB")))
+    result.figures.append(Figure(
+        f"RSS growth per held waiter, {count:,} registered", "KiB",
+        [(mb - rss_fresh) * 1024 / count for mb in rss_registered],
+        target=Target("max", PER_WAITER_MAX_KIB, "KiB")))
     if no_wrk:
         result.notes.append(f"publish throughput part skipped: {no_wrk}")
     else:

@@ -22,7 +22,7 @@ the tokens :mod:`eventbus.tokens`'.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -181,7 +181,7 @@ def hold_of(request: Request) -> Hold | None:
     return hold
 
 
-async def held(request: Request, run: Callable[[], Awaitable[T]]) -> T:
+async def held(request: Request, run: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a held request: counted against its client's cap, cancelled (and
     answered 401) when its token dies."""
     gate: Gate | None = getattr(request, _GATE, None)
@@ -190,7 +190,7 @@ async def held(request: Request, run: Callable[[], Awaitable[T]]) -> T:
     hold = gate.hold(request, principal_of(request))
     setattr(request, _HOLD, hold)
     try:
-        work: defer.Deferred[T] = defer.Deferred.fromCoroutine(_await(run))
+        work: defer.Deferred[T] = defer.Deferred.fromCoroutine(run())
         hold.on_end(work.cancel)
         try:
             return await work
@@ -200,10 +200,6 @@ async def held(request: Request, run: Callable[[], Awaitable[T]]) -> T:
             raise
     finally:
         hold.release()
-
-
-async def _await(run: Callable[[], Awaitable[T]]) -> T:
-    return await run()
 
 
 # -- reading the request -------------------------------------------------------------------

@@ -125,7 +125,14 @@ class EventsResource:
         deadline = clock.seconds() + timeout
         after = cursor
         while True:
-            found = await self._first_after(context, channel, after, max(0.0, deadline - clock.seconds()))
+            remaining = max(0.0, deadline - clock.seconds())
+            # Inline rather than a coroutine of its own: a held peek keeps
+            # every frame of its chain alive while it waits.
+            if remaining == 0:
+                recent = self.notifier.recent(context, channel, after, 1)
+                found = recent[0] if recent else await self.store.first_after(context, channel, after)
+            else:
+                found = await self.notifier.next_event(context, channel, after, remaining)
             first = found.first_id if isinstance(found, Pruned) else found.id if found is not None else None
             if first is None or first == after + 1:
                 break
@@ -146,14 +153,6 @@ class EventsResource:
         if found.id > cursor + 1:
             request.setHeader(b"Events-Missed", b"%d" % (found.id - cursor - 1))
         return render.body(request, render_event(context, channel, found))
-
-    async def _first_after(
-        self, context: str, channel: str, cursor: int, timeout: float
-    ) -> Event | Pruned | None:
-        if timeout == 0:
-            recent = self.notifier.recent(context, channel, cursor, 1)
-            return recent[0] if recent else await self.store.first_after(context, channel, cursor)
-        return await self.notifier.next_event(context, channel, cursor, timeout)
 
     @router.route(
         "/events/<context>/<channel>/stream", methods=["GET"], need=(Action.READ,), query=STREAM_QUERY

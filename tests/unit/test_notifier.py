@@ -451,3 +451,24 @@ def test_unfollow_during_a_read_drops_its_result(notifier, store):
     assert f.ids == []
     assert notifier.following() == 0
     assert notifier._channels == {}
+
+
+def test_a_channel_held_by_every_kind_of_subscriber_is_forgotten_once_each_has_left(notifier, store):
+    told = Told()
+    signal = notifier.subscribe(CTX, "a", told)
+    waiter = wait(notifier, "a", 0)
+    follower = Followed(notifier, "a", 0)
+    lone = wait(notifier, "b", 0)  # a channel of one long poll: one group of three in use
+    assert notifier.waiting() == 2 and notifier.following() == 1
+    signal.cancel()
+    waiter.cancel()
+    waiter.addErrback(lambda f: f.trap(defer.CancelledError))
+    assert notifier.waiting() == 1 and notifier.following() == 1
+    assert (CTX, "a") in notifier._channels  # the follower still holds it
+    follower.stop()
+    assert (CTX, "a") not in notifier._channels
+    # the other channel never shared a member with this one
+    store.add("b", 1)
+    notifier.notify(CTX, "b", 1)
+    assert result_of(lone) == ev(1)
+    assert notifier._channels == {} and told.wakes == []

@@ -126,3 +126,19 @@ def test_at_the_connection_limit_the_longest_waiting_is_closed_and_a_served_one_
     assert b'{"error":' in refused_transport.value()
     assert not held_transport.disconnecting and not newcomer_transport.disconnecting
     assert len(resource.held) == 2
+
+
+def test_what_the_gate_keeps_on_a_request_stays_out_of_the_request_dict():
+    """A held request keeps its gate, principal and hold outside ``__dict__``,
+    so that its dict keeps sharing its key table with every other request's
+    (1.5 KiB a held request otherwise: docs/benchmarks.md, issue 14)."""
+    from eventbus.http import access, requestid, router
+
+    s, resource, _ = site()
+    channel, _ = connect(s)
+    channel.dataReceived(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+    [request] = resource.held
+    for name in (access._GATE, access._PRINCIPAL, access._HOLD, requestid._ATTRIBUTE, requestid._ROUTE,
+                 router._ROUTE):
+        setattr(request, name, object())
+        assert name not in request.__dict__, name
