@@ -43,6 +43,9 @@ log = Logger()
 
 #: How long a request may wait for the database before it gets a 503.
 QUERY_TIMEOUT_S = 5.0
+#: How long a query's outage error waits for the lost connection to be
+#: reported before it is logged on its own.
+UNAVAILABLE_GRACE_S = 1.0
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -236,9 +239,20 @@ class Database:
 
     def unavailable(self, error: BaseException) -> Unavailable:
         """The error to raise for an outage ``error``; logged unless it is
-        part of an outage logged already (a lost connection)."""
+        part of an outage that is logged as one (a lost connection).
+
+        A query's failure can reach us a moment before txpostgres' detector
+        reports its connection lost, so the warning waits
+        ``UNAVAILABLE_GRACE_S`` and is dropped if an outage began meanwhile.
+        """
         if not self.outages.down:
-            log.warn("database unavailable: {error!r}", error=error)
+            seen = self.outages.count
+
+            def warn() -> None:
+                if self.outages.count == seen and not self.outages.down:
+                    log.warn("database unavailable: {error!r}", error=error)
+
+            self.reactor.callLater(UNAVAILABLE_GRACE_S, warn)
         return Unavailable("database unavailable")
 
 

@@ -148,3 +148,40 @@ def test_a_failed_transaction_is_rolled_back_and_fails_with_its_own_error():
         failure = _transaction(cursor)
     assert failure.check(psycopg2.OperationalError)
     assert cursor.executed == ["begin", "rollback"] and not logged.events
+
+
+def _database() -> tuple[Clock, Any]:
+    from eventbus.storage.database import Database
+
+    clock = Clock()
+    return clock, Database(clock, "dbname=unused", pool_size=1)
+
+
+def test_a_query_failing_just_before_its_connection_is_reported_lost_logs_only_the_outage():
+    clock, database = _database()
+    with Logged() as logged:
+        database.unavailable(psycopg2.OperationalError("server closed the connection"))
+        clock.advance(0.1)
+        database.outages.lost(object(), Failure(psycopg2.OperationalError("gone")))
+        clock.advance(5)
+    [warning] = logged.at(LogLevel.warn)
+    assert "connection lost" in warning["log_format"]
+
+
+def test_a_query_failing_with_every_connection_up_is_a_warning_of_its_own():
+    clock, database = _database()
+    with Logged() as logged:
+        database.unavailable(psycopg2.OperationalError("could not serialize"))
+        assert not logged.at(LogLevel.warn)  # not before the lost connection had its chance
+        clock.advance(5)
+    [warning] = logged.at(LogLevel.warn)
+    assert "database unavailable" in warning["log_format"]
+
+
+def test_a_query_failing_during_a_reported_outage_adds_no_line():
+    clock, database = _database()
+    database.outages.lost(object(), Failure(psycopg2.OperationalError("gone")))
+    with Logged() as logged:
+        database.unavailable(psycopg2.OperationalError("server closed the connection"))
+        clock.advance(5)
+    assert not logged.at(LogLevel.warn)
