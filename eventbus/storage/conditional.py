@@ -41,10 +41,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from eventbus.errors import Conflict, EventBusError, Unavailable, Unprocessable
+from eventbus.errors import Conflict, EventBusError, Unprocessable
 from eventbus.metrics import AppendMetrics
 from eventbus.model import Appended, Event, PublishCondition
-from eventbus.storage.database import Database, Row, is_outage, within
+from eventbus.storage.database import Database, Row, settle_failed_group, within
 from eventbus.storage.notify import notify_sql
 
 log = Logger()
@@ -183,19 +183,7 @@ class ConditionalAppends:
                 self.reactor, d, self.database.timeout
             )
         except Exception as e:
-            if len(group) > 1 and not is_outage(e):
-                # One bad request must not fail its neighbours: isolate it.
-                for item in group:
-                    await self._write_group([item])
-                return
-            error: BaseException = e
-            if is_outage(e):
-                if not isinstance(e, Unavailable):
-                    error = self.database.unavailable(e)
-                group = group + list(self._queue)
-                self._queue.clear()
-            for item in group:
-                item.fail(error)
+            await settle_failed_group(self.database, e, group, self._queue, self._write_group)
             return
         for item, outcome in outcomes:
             if isinstance(outcome, EventBusError):

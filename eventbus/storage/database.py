@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeAlias, TypeVar
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import psycopg2
 from twisted.internet import defer
@@ -282,3 +283,39 @@ def within(reactor: IReactorTime, d: defer.Deferred[T], seconds: float) -> defer
 
     d.addBoth(done)
     return result
+
+
+class Failable(Protocol):
+    """A queued request of a group commit: told its failure."""
+
+    def fail(self, error: BaseException) -> None: ...
+
+
+F = TypeVar("F", bound=Failable)
+
+
+async def settle_failed_group(
+    database: Database,
+    error: BaseException,
+    group: list[F],
+    queue: deque[F],
+    retry_one: Callable[[list[F]], Awaitable[None]],
+) -> None:
+    """A group commit's statement failed with ``error``: settle its requests.
+
+    One bad request must not fail its neighbours, so a group that did not
+    fail for an outage is written again one request at a time. An outage
+    fails the group and whatever queued behind it (it would only wait for
+    the same outage: answered now rather than one timeout later).
+    """
+    if len(group) > 1 and not is_outage(error):
+        for item in group:
+            await retry_one([item])
+        return
+    if is_outage(error):
+        if not isinstance(error, Unavailable):
+            error = database.unavailable(error)
+        group = group + list(queue)
+        queue.clear()
+    for item in group:
+        item.fail(error)

@@ -39,11 +39,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from eventbus.errors import Unavailable
 from eventbus.metrics import AppendMetrics
 from eventbus.model import ChannelKey, Event, Pruned
 from eventbus.storage import pages
-from eventbus.storage.database import Database, Row, is_outage, select_list, within
+from eventbus.storage.database import Database, Row, select_list, settle_failed_group, within
 from eventbus.storage.notify import notify_sql
 from eventbus.storage.pages import CHANNEL_ID, PAGE_BYTES, PAGE_SIZE, Page
 
@@ -214,21 +213,7 @@ class EventStore:
             d.addCallback(self._committed, by_channel, dict(zip(keys, counts, strict=True)), sent, len(group))
             done = await within(self.reactor, d, self.database.timeout)
         except Exception as e:
-            if len(group) > 1 and not is_outage(e):
-                # One bad append must not fail its neighbours: isolate it.
-                for item in group:
-                    await self._write_group([item])
-                return
-            error: BaseException = e
-            if is_outage(e):
-                if not isinstance(e, Unavailable):
-                    error = self.database.unavailable(e)
-                # What queued behind this group would only wait for the
-                # same outage: answer it now rather than one timeout later.
-                group = group + list(self._queue)
-                self._queue.clear()
-            for item in group:
-                item.fail(error)
+            await settle_failed_group(self.database, e, group, self._queue, self._write_group)
             return
         for item, events in done:
             item.succeed(events)
